@@ -1,0 +1,1 @@
+"""Engines: the fake one (deterministic, for tests and laptops) and vLLM."""

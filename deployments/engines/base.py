@@ -1,0 +1,49 @@
+"""The protocol every engine implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from serve_app.internal_types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    ModelCard,
+)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A model runtime: one per LLM or embedding replica."""
+
+    card: ModelCard
+
+    async def start(self) -> None:
+        """Load the model; raise if it cannot serve."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise if the engine can no longer serve (Serve then replaces the replica)."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream chunks for ``request``.
+
+        Raises :class:`serve_app.errors.ServingError` subclasses for bad requests (before
+        any chunk) and engine failures. Closing the iterator early aborts the request.
+        """
+        ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Embed every input of ``request``."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop generating for ``request_id``; a no-op when it already finished."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Release the model."""
+        ...

@@ -1,0 +1,278 @@
+"""A deterministic engine for tests, benchmarks of the serving layer, and laptops.
+
+Token ``i`` of every choice is ``"tok{i} "``. It sleeps ``token_interval_s`` per token, counts
+starts, aborts and in-flight requests, and can be told to fail. Structured output requests get
+valid JSON (an instance built from the schema), tool choices get a tool call, and ``think``
+gets a few reasoning tokens, so every field of both APIs can be exercised without a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from serve_app.errors import ContextLengthExceeded, EngineError, InvalidRequest
+from serve_app.internal_types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    ModelCard,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
+
+
+class FakeEngineConfig(BaseModel):
+    """Knobs of the fake engine (``engine_args`` of a ``kind: fake`` model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_interval_s: float = 0.0
+    output_tokens: int = 8  # natural length of an answer when max_tokens allows it
+    startup_delay_s: float = 0.0
+    fail_on_start: bool = False
+    fail_after_tokens: int | None = None  # raise after this many tokens; 0 fails before any
+
+
+def count_words(text: str) -> int:
+    """The fake tokenizer: one token per whitespace-separated word."""
+    return len(text.split())
+
+
+def example_from_schema(schema: dict[str, Any]) -> Any:
+    """A small instance that validates against a (simple) JSON schema."""
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema and schema[key]:
+            return example_from_schema(schema[key][0])
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props: dict[str, Any] = schema.get("properties", {})
+        return {name: example_from_schema(sub) for name, sub in props.items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 1)), 1)
+        return [example_from_schema(schema.get("items", {"type": "string"}))] * count
+    if kind == "string":
+        return "tok0" + "x" * max(int(schema.get("minLength", 0)) - 4, 0)
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 1.5))
+    if kind == "boolean":
+        return True
+    return None
+
+
+class FakeEngine:
+    """Implements :class:`deployments.engines.base.Engine` deterministically."""
+
+    def __init__(self, card: ModelCard, config: FakeEngineConfig | None = None) -> None:
+        self.card = card
+        self.config = config or FakeEngineConfig()
+        self.starts = 0
+        self.aborted: list[str] = []
+        self.in_flight: set[str] = set()
+        self.completed = 0
+        self.tokens_generated = 0
+        self.dead = False
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.config.startup_delay_s:
+            await asyncio.sleep(self.config.startup_delay_s)
+        if self.config.fail_on_start:
+            raise EngineError(f"fake engine for {self.card.name} was told to fail on start")
+
+    async def check_health(self) -> None:
+        if self.dead:
+            raise EngineError(f"fake engine for {self.card.name} is dead")
+
+    async def shutdown(self) -> None:
+        self.dead = True
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self.in_flight:
+            self.in_flight.discard(request_id)
+            self.aborted.append(request_id)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        """Prompt length under the fake tokenizer (one token per word, one per message role)."""
+        if request.kind == "completion":
+            prompt = request.prompt
+            return len(prompt) if isinstance(prompt, list) else count_words(prompt or "")
+        return sum(1 + count_words(m.text()) for m in request.messages)
+
+    def _check_context(self, request: GenerationRequest, prompt_tokens: int) -> None:
+        limit = self.card.context_length
+        if request.context_limit is not None:
+            limit = min(limit, request.context_limit)
+        wanted = request.sampling.max_tokens or 0
+        if prompt_tokens >= limit or prompt_tokens + wanted > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, {wanted} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                param="messages" if request.kind == "chat" else "prompt",
+            )
+
+    def _answer_pieces(self, request: GenerationRequest) -> list[str]:
+        fmt = request.response_format
+        if fmt.type == "json_object":
+            text = json.dumps({"answer": "tok0"})
+        elif fmt.type == "json_schema":
+            text = json.dumps(example_from_schema(fmt.json_schema or {}))
+        else:
+            return [f"tok{i} " for i in range(self.config.output_tokens)]
+        # Structured answers stream a few characters per token, like a real tokenizer.
+        return [text[i : i + 4] for i in range(0, len(text), 4)]
+
+    def _tool_to_call(self, request: GenerationRequest) -> str | None:
+        if not request.tools or request.tool_choice == "none":
+            return None
+        names = [t.name for t in request.tools]
+        if request.tool_choice in names:
+            return request.tool_choice
+        if request.tool_choice == "required":
+            return names[0]
+        last_user = next((m.text() for m in reversed(request.messages) if m.role == "user"), "")
+        return next((n for n in names if n in last_user), None)
+
+    def _logprobs(self, token: str, request: GenerationRequest) -> list[TokenLogprob] | None:
+        if not request.sampling.logprobs:
+            return None
+        top = [
+            TokenLogprob(token=t, logprob=lp, bytes=list(t.encode()))
+            for t, lp in ((token, -0.25), ("alt ", -1.75), ("other ", -2.5))
+        ][: request.sampling.top_logprobs or 0]
+        return [TokenLogprob(token=token, logprob=-0.25, bytes=list(token.encode()), top_logprobs=top)]
+
+    async def _choice(
+        self, index: int, request: GenerationRequest, prompt_tokens: int
+    ) -> AsyncIterator[GenerationChunk]:
+        tool = self._tool_to_call(request)
+        if tool is not None:
+            call = ToolCallDelta(0, f"call_{uuid.uuid4().hex[:24]}", tool, json.dumps({"arg": "tok0"}))
+            self.tokens_generated += 1
+            yield GenerationChunk(index, tool_calls=[call], finish_reason="tool_calls",
+                                  usage=Usage(prompt_tokens, 1))
+            return
+        produced = 0
+        if request.think:
+            for i in range(3):
+                await self._tick(request, produced)
+                produced += 1
+                yield GenerationChunk(index, reasoning=f"think{i} ")
+        pieces = self._answer_pieces(request)
+        budget = request.sampling.max_tokens
+        text_so_far = ""
+        for i, piece in enumerate(pieces):
+            if budget is not None and i >= budget:
+                yield GenerationChunk(index, finish_reason="length", usage=Usage(prompt_tokens, produced))
+                return
+            await self._tick(request, produced)
+            produced += 1
+            stop_at = self._stop_position(text_so_far + piece, request.sampling.stop)
+            if stop_at is not None:
+                cut = (text_so_far + piece)[:stop_at][len(text_so_far) :]
+                yield GenerationChunk(index, text=cut, finish_reason="stop", usage=Usage(prompt_tokens, produced))
+                return
+            text_so_far += piece
+            last = i == len(pieces) - 1
+            yield GenerationChunk(
+                index,
+                text=piece,
+                logprobs=self._logprobs(piece, request),
+                finish_reason="stop" if last else None,
+                usage=Usage(prompt_tokens, produced) if last else None,
+            )
+
+    @staticmethod
+    def _stop_position(text: str, stops: list[str]) -> int | None:
+        hits = [text.find(s) for s in stops if s and s in text]
+        return min(hits) if hits else None
+
+    async def _tick(self, request: GenerationRequest, produced: int) -> None:
+        fail_after = self.config.fail_after_tokens
+        if fail_after is not None and produced >= fail_after:
+            raise EngineError(f"fake engine was told to fail after {fail_after} tokens")
+        if self.config.token_interval_s:
+            await asyncio.sleep(self.config.token_interval_s)
+        else:
+            await asyncio.sleep(0)
+        self.tokens_generated += 1
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        if self.card.kind != "generate":
+            raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
+        await self.check_health()
+        prompt_tokens = self.prompt_tokens(request)
+        self._check_context(request, prompt_tokens)
+        if self.config.fail_after_tokens == 0:
+            raise EngineError("fake engine was told to fail before the first token")
+        rid = request.request_id
+        self.in_flight.add(rid)
+        finished = False
+        try:
+            streams = [self._choice(i, request, prompt_tokens) for i in range(request.sampling.n)]
+            # Round-robin over choices, as a batching engine interleaves them.
+            while streams:
+                for stream in list(streams):
+                    try:
+                        yield await stream.__anext__()
+                    except StopAsyncIteration:
+                        streams.remove(stream)
+            finished = True
+            self.completed += 1
+        finally:
+            if not finished:
+                await self.abort(rid)
+            self.in_flight.discard(rid)
+
+    # -- embeddings -------------------------------------------------------------------------
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        if self.card.kind != "embed":
+            raise InvalidRequest(f"model '{self.card.name}' does not support embeddings", param="model")
+        await self.check_health()
+        texts = [" ".join(map(str, x)) if isinstance(x, list) else x for x in request.inputs]
+        limit = self.card.context_length
+        token_counts = []
+        for text in texts:
+            count = count_words(text)
+            if count > limit and not request.truncate:
+                raise ContextLengthExceeded(
+                    f"input of {count} tokens exceeds the model's context length of {limit}",
+                    param="input",
+                )
+            token_counts.append(min(count, limit))
+        dims = request.dimensions or self.card.embedding_dimensions or 384
+        return EmbeddingResult(vectors=[_unit_vector(t, dims) for t in texts], prompt_tokens=sum(token_counts))
+
+
+def _unit_vector(text: str, dims: int) -> list[float]:
+    """A deterministic pseudo-random unit vector for ``text``."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dims:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        values.extend((b - 127.5) / 127.5 for b in digest)
+        counter += 1
+    values = values[:dims]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]

@@ -1,0 +1,115 @@
+"""The FastAPI application: both APIs over one :class:`Backend`.
+
+``create_app`` is called at build time (by the Ray Serve ingress, by tests, by the local
+server); nothing here reads settings or touches a backend at import.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from serve_app.backend import Backend
+from serve_app.edge import EdgeMiddleware, render_error_body, request_id_of
+from serve_app.error_rendering import error_headers
+from serve_app.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServingError,
+)
+from serve_app.gateway import Gateway
+from serve_app.internal_types import ModelCard
+from serve_app.ollama.routes import build_ollama_router
+from serve_app.openai.routes import build_openai_router
+from serve_app.settings import IngressSettings
+from serve_app.validation_errors import validation_error_to_invalid_request
+
+logger = logging.getLogger(__name__)
+
+
+def render_error(request: Request, error: ServingError) -> JSONResponse:
+    """The error in the API shape of the request's path, with its status and headers."""
+    request_id = request_id_of(request.scope)
+    return JSONResponse(
+        render_error_body(request.url.path, error, request_id),
+        status_code=error.status,
+        headers=error_headers(error, request_id),
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError) -> Response:
+        return render_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return render_error(request, validation_error_to_invalid_request(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error: ServingError
+        if exc.status_code == 404:
+            error = NotFound(f"No route for {request.method} {request.url.path}.")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+        else:
+            error = ServingError(str(exc.detail), status=exc.status_code, code=None)
+            if exc.status_code < 500:
+                error.type = InvalidRequest.type
+        return render_error(request, error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        return render_error(request, ServingError("Internal server error."))
+
+
+def create_app(
+    backend: Backend,
+    cards: list[ModelCard],
+    settings: IngressSettings | None = None,
+) -> FastAPI:
+    """Build the ingress app serving ``cards`` through ``backend``."""
+    settings = settings or IngressSettings()
+    gateway = Gateway(backend, cards, settings)
+    app = FastAPI(
+        title="LLM serving cluster",
+        description="OpenAI- and Ollama-compatible API in front of Ray Serve and vLLM.",
+        version="0.1.0",
+    )
+    app.state.gateway = gateway
+    _install_error_handlers(app)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        """Liveness of the ingress (no key needed)."""
+        return {"status": "ok"}
+
+    @app.api_route("/", methods=["GET", "HEAD"], tags=["ollama"], response_class=PlainTextResponse)
+    async def root() -> str:
+        """Ollama's banner; clients probe it to find a server."""
+        return "Ollama is running"
+
+    app.include_router(build_openai_router(gateway))
+    app.include_router(build_ollama_router(gateway))
+
+    app.add_middleware(
+        EdgeMiddleware, api_keys=settings.load_api_keys(), max_body_bytes=settings.max_body_bytes
+    )
+    if settings.cors_origins:
+        # Outermost, so browsers' preflight requests (which carry no key) are answered here.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id"],
+        )
+    return app

@@ -1,0 +1,119 @@
+"""One exception hierarchy for every failure a client can see.
+
+Each error knows its HTTP status, OpenAI ``type``, string ``code`` and ``param``; the two
+renderers in :mod:`serve_app.error_rendering` turn it into either API's body.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error rendered to clients."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class InvalidRequest(ServingError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unsupported(InvalidRequest):
+    """A request the server understands but this model or engine cannot serve."""
+
+    code = "unsupported"
+
+
+class AuthenticationFailed(ServingError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ServingError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(ServingError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+        )
+        self.model = model
+
+
+class MethodNotAllowed(ServingError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ServingError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class EngineError(ServingError):
+    """The engine failed while generating."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_error"
+
+
+class ModelUnavailable(ServingError):
+    """The model exists but cannot take requests now (starting, failed, overloaded)."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+
+class DeadlineExceeded(ServingError):
+    """Our own generation deadline passed; 504 so SDKs do not resubmit (unlike 408)."""
+
+    status = 504
+    type = "timeout_error"
+    code = "deadline_exceeded"

@@ -1,0 +1,25 @@
+"""Pure wire framing for streamed replies: SSE for OpenAI, NDJSON for Ollama."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SSE_MEDIA_TYPE = "text/event-stream"
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def to_json(obj: Any) -> str:
+    """Compact JSON, UTF-8 kept as is (both OpenAI and Ollama send it this way)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse_frame(obj: Any) -> bytes:
+    """One server-sent event carrying ``obj`` as JSON: ``data: <json>\\n\\n``."""
+    return f"data: {to_json(obj)}\n\n".encode()
+
+
+def ndjson_line(obj: Any) -> bytes:
+    """One NDJSON line carrying ``obj``."""
+    return f"{to_json(obj)}\n".encode()

@@ -1,0 +1,116 @@
+"""What both APIs share between their adapters and the backend.
+
+Resolves model names, checks a request against the model's capabilities before any work is
+queued, opens streams with the first batch peeked, and folds streams for non-streaming replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from serve_app.backend import Backend, fold_chunks
+from serve_app.errors import InvalidRequest, ModelUnavailable, Unsupported
+from serve_app.internal_types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    ModelCard,
+    ModelStatus,
+)
+from serve_app.model_names import ModelResolver
+from serve_app.settings import IngressSettings
+from serve_app.streaming import collect, peek_first
+
+Batch = list[GenerationChunk]
+
+
+class Gateway:
+    """The API-neutral core of the ingress."""
+
+    def __init__(self, backend: Backend, cards: list[ModelCard], settings: IngressSettings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.cards = {card.name: card for card in cards}
+        self.resolver = ModelResolver(cards)
+
+    def card(self, requested_model: str | None) -> ModelCard:
+        """The card of the model a client named (any accepted spelling); 404 if unknown."""
+        return self.cards[self.resolver.resolve(requested_model)]
+
+    # -- checks -----------------------------------------------------------------------------
+
+    @staticmethod
+    def check_generation_supported(card: ModelCard, request: GenerationRequest) -> None:
+        """Reject, before any work, what this model cannot do."""
+        name = card.name
+        if card.kind != "generate":
+            raise InvalidRequest(f"model '{name}' does not support generate", param="model")
+        needs = [
+            (request.has_images(), "vision", "images"),
+            (bool(request.tools) and request.tool_choice != "none", "tools", "tools"),
+            (bool(request.think), "thinking", "thinking"),
+            (request.suffix is not None and request.suffix != "", "insert", "insert (suffix)"),
+        ]
+        for wanted, capability, what in needs:
+            if wanted and capability not in card.capabilities:
+                raise Unsupported(f"model '{name}' does not support {what}", param="model")
+
+    @staticmethod
+    def check_embedding_supported(card: ModelCard, request: EmbeddingRequest) -> None:
+        """Reject embedding requests this model cannot serve."""
+        if card.kind != "embed":
+            raise InvalidRequest(f"model '{card.name}' does not support embeddings", param="model")
+        native = card.embedding_dimensions
+        dims = request.dimensions
+        if dims is not None and dims != native:
+            if not card.supports_dimensions:
+                raise Unsupported(
+                    f"model '{card.name}' has {native} dimensions and does not support "
+                    "'dimensions' (it is not a Matryoshka model)",
+                    param="dimensions",
+                )
+            if native is not None and dims > native:
+                raise InvalidRequest(
+                    f"'dimensions' must be at most {native} for model '{card.name}'", param="dimensions"
+                )
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def open_stream(self, request: GenerationRequest) -> tuple[Batch | None, AsyncIterator[Batch]]:
+        """Start a generation and wait for its first batch (errors keep their real status)."""
+        return await self.open_stream_from(self.backend.generate(request))
+
+    @staticmethod
+    async def open_stream_from(stream: AsyncIterator[Batch]) -> tuple[Batch | None, AsyncIterator[Batch]]:
+        """Wait for the first batch of an already started stream."""
+        first = await peek_first(stream)
+        return first, stream
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """The whole generation, folded from the same stream a streamed reply would send."""
+        return fold_chunks(await collect(self.backend.generate(request)))
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Embed after checking the request against the model's card."""
+        if len(request.inputs) > self.settings.max_embedding_inputs:
+            raise InvalidRequest(
+                f"at most {self.settings.max_embedding_inputs} inputs per request", param="input"
+            )
+        return await self.backend.embed(request)
+
+    async def require_ready(self, model: str) -> None:
+        """503 (with ``Retry-After`` while starting) unless ``model`` has a ready replica."""
+        for status in await self.model_statuses():
+            if status.card.name != model:
+                continue
+            if status.state == "failed":
+                raise ModelUnavailable(f"model '{model}' failed to start: {status.message or 'unknown error'}")
+            if status.state == "starting":
+                raise ModelUnavailable(f"model '{model}' is starting", headers={"retry-after": "10"})
+            return
+
+    async def model_statuses(self) -> list[ModelStatus]:
+        """Every configured model with its state."""
+        return await self.backend.list_models()

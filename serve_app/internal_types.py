@@ -1,0 +1,243 @@
+"""The one internal request, chunk and result vocabulary shared by both APIs.
+
+The OpenAI and Ollama layers are pure adapters to and from these types; engines consume
+:class:`GenerationRequest` and produce :class:`GenerationChunk`. Shapes follow OpenAI's
+chat-completion objects because that is the richer of the two wire formats.
+
+Requests are pydantic models (validated once at the edge); chunks are slotted dataclasses
+because they sit on the per-token hot path and cross the Ray handle hop, where pydantic's
+construction and pickling cost is measurable.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+GenerationKind = Literal["chat", "completion"]
+ModelState = Literal["ready", "starting", "failed"]
+
+
+def new_request_id() -> str:
+    """A fresh opaque request id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(_Strict):
+    """An image carried inline: raw base64 bytes plus their media type."""
+
+    type: Literal["image"] = "image"
+    media_type: str = "image/png"
+    data_base64: str
+
+
+ContentPart = TextPart | ImagePart
+
+
+class FunctionCall(_Strict):
+    name: str
+    arguments: str = "{}"  # JSON text, as OpenAI carries it
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning: str | None = None
+
+    def text(self) -> str:
+        """The message's text, joining text parts and ignoring images."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def images(self) -> list[ImagePart]:
+        """The inline images of the message, in order."""
+        if isinstance(self.content, list):
+            return [p for p in self.content if isinstance(p, ImagePart)]
+        return []
+
+
+class SamplingParams(_Strict):
+    """Sampling controls in vLLM's vocabulary; ``None`` means the engine's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None  # the JSON schema itself, not OpenAI's wrapper
+
+
+class ToolSpec(_Strict):
+    """A function the model may call, as OpenAI's ``tools[].function``."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class GenerationRequest(_Strict):
+    """One generation, as both APIs describe it after translation."""
+
+    request_id: str = Field(default_factory=new_request_id)
+    model: str
+    kind: GenerationKind = "chat"
+    messages: list[ChatMessage] = Field(default_factory=list)
+    prompt: str | list[int] | None = None
+    suffix: str | None = None
+    echo: bool = False
+    raw: bool = False
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    response_format: ResponseFormat = Field(default_factory=ResponseFormat)
+    tools: list[ToolSpec] | None = None
+    # "auto" | "none" | "required" | a function name to force
+    tool_choice: str = "auto"
+    think: bool | str | None = None
+    context_limit: int | None = None  # Ollama num_ctx: a per-request cap on prompt + output
+    include_usage: bool = True
+    user: str | None = None
+
+    def has_images(self) -> bool:
+        """Whether any message carries an image."""
+        return any(m.images() for m in self.messages)
+
+
+class EmbeddingRequest(_Strict):
+    request_id: str = Field(default_factory=new_request_id)
+    model: str
+    inputs: list[str] | list[list[int]]
+    dimensions: int | None = None
+    truncate: bool = True
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A complete tool call delivered in one chunk (engines parse calls whole)."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """One step of one choice's output.
+
+    ``usage`` is set only on the last chunk of a choice (cumulative for that choice);
+    ``finish_reason`` marks the end of that choice.
+    """
+
+    index: int = 0
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    """One choice's complete output: the fold of its chunks."""
+
+    index: int
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    choices: list[ChoiceResult]
+    usage: Usage
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class ModelCard(_Strict):
+    """What the server knows about a configured model, shown by both APIs."""
+
+    name: str  # canonical name, Ollama style ("smollm2:135m")
+    aliases: list[str] = Field(default_factory=list)
+    kind: Literal["generate", "embed"] = "generate"
+    context_length: int = 2048
+    embedding_dimensions: int | None = None
+    supports_dimensions: bool = False  # Matryoshka-style truncation allowed
+    capabilities: list[str] = Field(default_factory=list)  # Ollama vocabulary
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+    format: str = "safetensors"
+    owned_by: str = "serving-cluster"
+    created: int = Field(default_factory=lambda: int(time.time()))
+
+
+class ModelStatus(_Strict):
+    card: ModelCard
+    state: ModelState = "ready"
+    replicas: int = 1
+    message: str | None = None

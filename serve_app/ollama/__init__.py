@@ -1,0 +1,1 @@
+"""Ollama API: wire schemas, pure adapters to the internal types, thin routes."""

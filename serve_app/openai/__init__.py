@@ -1,0 +1,1 @@
+"""OpenAI API: wire schemas, pure adapters to the internal types, thin routes."""
