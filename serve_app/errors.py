@@ -32,6 +32,17 @@ class ServingError(Exception):
             self.status = status
         self.headers: dict[str, str] = dict(headers or {})
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross the Ray handle hop pickled; keep status, code, param and headers.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ServingError], message: str, state: dict[str, object]) -> ServingError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidRequest(ServingError):
     status = 400
@@ -117,3 +128,9 @@ class DeadlineExceeded(ServingError):
     status = 504
     type = "timeout_error"
     code = "deadline_exceeded"
+
+    def __init__(self, deadline_s: float) -> None:
+        super().__init__(
+            f"The generation did not finish within the server's deadline of {deadline_s:g} s.",
+            headers={"x-should-retry": "false"},
+        )

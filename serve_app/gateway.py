@@ -21,7 +21,7 @@ from serve_app.internal_types import (
 )
 from serve_app.model_names import ModelResolver
 from serve_app.settings import IngressSettings
-from serve_app.streaming import collect, peek_first
+from serve_app.streaming import collect, peek_first, with_deadline
 
 Batch = list[GenerationChunk]
 
@@ -80,7 +80,7 @@ class Gateway:
 
     async def open_stream(self, request: GenerationRequest) -> tuple[Batch | None, AsyncIterator[Batch]]:
         """Start a generation and wait for its first batch (errors keep their real status)."""
-        return await self.open_stream_from(self.backend.generate(request))
+        return await self.open_stream_from(self.start_generation(request))
 
     @staticmethod
     async def open_stream_from(stream: AsyncIterator[Batch]) -> tuple[Batch | None, AsyncIterator[Batch]]:
@@ -90,7 +90,11 @@ class Gateway:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """The whole generation, folded from the same stream a streamed reply would send."""
-        return fold_chunks(await collect(self.backend.generate(request)))
+        return fold_chunks(await collect(self.start_generation(request)))
+
+    def start_generation(self, request: GenerationRequest) -> AsyncIterator[Batch]:
+        """The backend's stream under our generation deadline."""
+        return with_deadline(self.backend.generate(request), self.settings.request_deadline_s)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed after checking the request against the model's card."""

@@ -36,6 +36,12 @@ class IngressSettings(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     max_n: int = Field(default=8, ge=1, description="Largest accepted 'n' (choices per request).")
     max_embedding_inputs: int = Field(default=2048, ge=1)
+    request_deadline_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Our own generation deadline: 504 (x-should-retry: false) before the first "
+        "byte, an in-band error after it; the generation is aborted either way.",
+    )
     ollama_version: str = Field(default="0.12.10", description="Reported by GET /api/version.")
 
     @field_validator("api_keys", "cors_origins", mode="before")

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from starlette.responses import StreamingResponse
 
-from serve_app.errors import EngineError, ServingError
+from serve_app.errors import DeadlineExceeded, EngineError, ServingError
 from serve_app.internal_types import GenerationChunk
 
 logger = logging.getLogger(__name__)
@@ -121,3 +121,24 @@ async def merge_streams(streams: list[AsyncIterator[Batch]]) -> AsyncIterator[Ba
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def with_deadline(stream: AsyncIterator[Batch], deadline_s: float) -> AsyncIterator[Batch]:
+    """``stream`` cut off with :class:`DeadlineExceeded` once ``deadline_s`` have passed.
+
+    Closing the inner stream on the way out aborts the generation.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(end):
+                    batch = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise DeadlineExceeded(deadline_s) from None
+            yield batch
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]

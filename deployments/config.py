@@ -1,0 +1,174 @@
+"""The typed ``args:`` of ``config.yaml``: validated before anything starts.
+
+Every model is `extra="forbid"`, so a misspelt key fails loudly with the path of the bad field.
+Engine arguments are validated by the engine's own config model (see
+``deployments.engines.registry``) at build time too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from serve_app.internal_types import ModelCard
+from serve_app.model_names import ModelResolver
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingOptions(_Strict):
+    """Ray Serve's ``autoscaling_config`` fields we expose (see Serve's docs for each)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=16, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    upscaling_factor: float | None = Field(default=None, gt=0)
+    downscaling_factor: float | None = Field(default=None, gt=0)
+    metrics_interval_s: float | None = Field(default=None, gt=0)
+    look_back_period_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingOptions:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class ActorOptions(_Strict):
+    """Where a replica runs: CPUs (fractions allowed), GPUs, custom resources, accelerator."""
+
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    memory: int | None = Field(default=None, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    accelerator_type: str | None = None
+
+
+class DeploymentOptions(_Strict):
+    """Ray Serve deployment options for one deployment."""
+
+    num_replicas: int | None = Field(default=None, ge=1)
+    autoscaling_config: AutoscalingOptions | None = None
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(default=-1, ge=-1)
+    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    graceful_shutdown_timeout_s: float = Field(default=600.0, ge=0)
+    graceful_shutdown_wait_loop_s: float | None = Field(default=None, ge=0)
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    health_check_timeout_s: float = Field(default=30.0, gt=0)
+    max_replicas_per_node: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas_xor_autoscaling(self) -> DeploymentOptions:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give either num_replicas or autoscaling_config, not both")
+        return self
+
+    def serve_options(self, retry_after_s: float) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        options = self.model_dump(exclude_none=True, exclude={"ray_actor_options", "autoscaling_config"})
+        actor = self.ray_actor_options.model_dump(exclude_none=True)
+        if not actor["resources"]:
+            del actor["resources"]
+        options["ray_actor_options"] = actor
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_none=True)
+        elif self.num_replicas is None:
+            options["num_replicas"] = 1
+        # Serve's own rejection (caught and re-rendered by the ingress) says 429 + Retry-After.
+        options["backpressure_config"] = {"status_code": 429, "retry_after_s": retry_after_s}
+        return options
+
+
+class ModelConfig(_Strict):
+    """One served model: its names, what it can do, its engine and its deployment."""
+
+    name: str = Field(min_length=1, description="Canonical, Ollama-style name, e.g. smollm2:135m.")
+    aliases: list[str] = Field(default_factory=list)
+    kind: Literal["generate", "embed"] = "generate"
+    engine: Literal["fake", "vllm"] = "vllm"
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    context_length: int = Field(default=2048, ge=1)
+    embedding_dimensions: int | None = Field(default=None, ge=1)
+    supports_dimensions: bool = False
+    capabilities: list[str] | None = None
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+    format: str = "safetensors"
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    def card(self) -> ModelCard:
+        """The model card both APIs show."""
+        default_caps = ["completion"] if self.kind == "generate" else ["embedding"]
+        return ModelCard(
+            name=self.name,
+            aliases=self.aliases,
+            kind=self.kind,
+            context_length=self.context_length,
+            embedding_dimensions=self.embedding_dimensions,
+            supports_dimensions=self.supports_dimensions,
+            capabilities=self.capabilities if self.capabilities is not None else default_caps,
+            family=self.family,
+            parameter_size=self.parameter_size,
+            quantization_level=self.quantization_level,
+            format=self.format,
+        )
+
+
+class IngressConfig(_Strict):
+    """The ingress deployment: HTTP settings (secrets come from LLM_* env vars) and placement."""
+
+    settings: dict[str, Any] = Field(default_factory=dict, description="IngressSettings fields.")
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            max_ongoing_requests=2048, ray_actor_options=ActorOptions(num_cpus=0.25)
+        )
+    )
+
+
+class StreamingConfig(_Strict):
+    """How streamed chunks cross the ingress <- replica handle hop."""
+
+    group_interval_s: float = Field(
+        default=0.01,
+        ge=0,
+        description="Chunks arriving within this interval of the last send are sent together; "
+        "the first chunk and any chunk after a quiet gap go at once.",
+    )
+
+
+class AppConfig(_Strict):
+    """``args:`` of ``deployments.app:build_app``."""
+
+    models: list[ModelConfig] = Field(min_length=1)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After sent with 429/503.")
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> AppConfig:
+        ModelResolver(m.card() for m in self.models)  # raises on a name claimed twice
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot be served, with every bad field named."""
+
+
+def parse_app_config(args: dict[str, Any]) -> AppConfig:
+    """Validate ``args``; raise :class:`ConfigError` naming each bad field."""
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "args"
+            problems.append(f"  - {where}: {err['msg']}")
+        raise ConfigError("invalid application config (config.yaml args):\n" + "\n".join(problems)) from None

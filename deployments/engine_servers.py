@@ -1,0 +1,83 @@
+"""The Ray Serve deployments that hold an engine: ``LLMServer`` and ``EmbeddingServer``.
+
+One deployment per configured model; Serve autoscales its replicas, health-checks them
+through ``check_health`` and cancels a streaming call's generator when the caller goes away,
+which closes the engine's stream and aborts the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from deployments.chunk_grouping import group_chunks
+from deployments.engines.registry import build_engine
+from serve_app.internal_types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    ModelCard,
+)
+
+logger = logging.getLogger("ray.serve")
+
+
+class _EngineReplica:
+    """What both servers share: start the engine, report health, shut down."""
+
+    async def __init__(self, card: dict[str, Any], engine_kind: str, engine_args: dict[str, Any]) -> None:
+        self.card = ModelCard.model_validate(card)
+        self.engine = build_engine(engine_kind, self.card, engine_args)
+        await self.engine.start()
+        logger.info("engine for %s started", self.card.name)
+
+    async def check_health(self) -> None:
+        """Raise when the engine is dead, so Serve replaces this replica."""
+        await self.engine.check_health()
+
+    async def engine_stats(self) -> dict[str, Any]:
+        """Counters the engine keeps (the fake engine's starts, aborts, in-flight requests)."""
+        stats: dict[str, Any] = {}
+        for name in ("starts", "completed", "tokens_generated"):
+            if hasattr(self.engine, name):
+                stats[name] = getattr(self.engine, name)
+        for name in ("aborted", "in_flight"):
+            if hasattr(self.engine, name):
+                stats[name] = sorted(getattr(self.engine, name))
+        return stats
+
+    async def __del__(self) -> None:
+        await self.engine.shutdown()
+
+
+@serve.deployment(name="LLMServer")
+class LLMServer(_EngineReplica):
+    """One model's generation replica."""
+
+    async def __init__(
+        self,
+        card: dict[str, Any],
+        engine_kind: str,
+        engine_args: dict[str, Any],
+        group_interval_s: float = 0.01,
+    ) -> None:
+        await super().__init__(card, engine_kind, engine_args)
+        self.group_interval_s = group_interval_s
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
+        """Stream the generation as batches of chunks (first chunk at once)."""
+        async for batch in group_chunks(self.engine.generate(request), self.group_interval_s):
+            yield batch
+
+
+@serve.deployment(name="EmbeddingServer")
+class EmbeddingServer(_EngineReplica):
+    """One embedding model's replica."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Embed every input of the request."""
+        return await self.engine.embed(request)

@@ -1,0 +1,42 @@
+"""The ingress deployment: the FastAPI app of ``serve_app`` over Ray Serve handles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.ray_backend import RayBackend
+from serve_app.app import create_app
+from serve_app.internal_types import ModelCard
+from serve_app.settings import IngressSettings
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    """Routes each request by ``model`` to that model's deployment."""
+
+    def __init__(
+        self,
+        handles: dict[str, DeploymentHandle],
+        cards: list[dict[str, Any]],
+        deployment_names: dict[str, str],
+        settings: dict[str, Any],
+        retry_after_s: float,
+    ) -> None:
+        self._cards = [ModelCard.model_validate(c) for c in cards]
+        # Settings are read here, in the replica, so LLM_* secrets come from its environment.
+        self._settings = IngressSettings(**settings)
+        self._backend = RayBackend(
+            handles,
+            self._cards,
+            deployment_names,
+            app_name=serve.get_replica_context().app_name,
+            retry_after_s=retry_after_s,
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._backend, self._cards, self._settings)

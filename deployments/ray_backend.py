@@ -1,0 +1,157 @@
+"""The :class:`serve_app.backend.Backend` of the ingress deployment: Ray Serve handles.
+
+Maps Serve's own failures to our errors: back-pressure to 429 with ``Retry-After``, an
+unavailable deployment to 503, a replica dying mid-stream to an in-band engine error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.errors import EngineError, ModelNotFound, ModelUnavailable, RateLimited, ServingError
+from serve_app.internal_types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    ModelCard,
+    ModelState,
+    ModelStatus,
+)
+
+logger = logging.getLogger("ray.serve")
+
+_REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+def _state_of(deployment_status: Any) -> tuple[ModelState, int, str | None]:
+    """Our (state, running replicas, message) from Serve's DeploymentStatusOverview."""
+    running = int(deployment_status.replica_states.get("RUNNING", 0))
+    status = str(getattr(deployment_status.status, "value", deployment_status.status))
+    message = deployment_status.message or None
+    if running > 0:
+        return "ready", running, None
+    if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+        return "failed", 0, message
+    return "starting", 0, message
+
+
+class RayBackend:
+    """Generations and embeddings through one cached handle per model."""
+
+    def __init__(
+        self,
+        handles: Mapping[str, DeploymentHandle],
+        cards: list[ModelCard],
+        deployment_names: Mapping[str, str],
+        app_name: str,
+        retry_after_s: float,
+        status_ttl_s: float = 1.0,
+    ) -> None:
+        self._stream_handles = {name: h.options(stream=True) for name, h in handles.items()}
+        self._handles = dict(handles)
+        self._cards = {c.name: c for c in cards}
+        self._deployment_names = dict(deployment_names)
+        self._app_name = app_name
+        self._retry_after = str(max(1, round(retry_after_s)))
+        self._status_ttl_s = status_ttl_s
+        self._status_cache: tuple[float, list[ModelStatus]] | None = None
+        self._status_lock = asyncio.Lock()
+
+    def _translate(self, exc: BaseException, model: str, started: bool) -> ServingError | None:
+        if isinstance(exc, RayTaskError) and isinstance(exc.cause, ServingError):
+            return exc.cause
+        if isinstance(exc, ServingError):
+            return exc
+        if isinstance(exc, BackPressureError):
+            return RateLimited(
+                f"model '{model}' is at capacity; retry after {self._retry_after} s",
+                headers={"retry-after": self._retry_after},
+            )
+        if isinstance(exc, DeploymentUnavailableError):
+            return ModelUnavailable(
+                f"model '{model}' is unavailable", headers={"retry-after": self._retry_after}
+            )
+        if isinstance(exc, _REPLICA_LOST):
+            if started:
+                return EngineError(f"the replica serving '{model}' died during the generation")
+            return ModelUnavailable(
+                f"the replica serving '{model}' is unavailable", headers={"retry-after": self._retry_after}
+            )
+        if isinstance(exc, RequestCancelledError):
+            return None
+        return None
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
+        handle = self._stream_handles.get(request.model)
+        if handle is None:
+            raise ModelNotFound(request.model)
+        responses = handle.generate.remote(request)
+        started = finished = False
+        try:
+            async for batch in responses:
+                started = True
+                yield batch
+            finished = True
+        except Exception as exc:
+            translated = self._translate(exc, request.model, started)
+            if translated is None:
+                raise
+            raise translated from exc
+        finally:
+            if not finished:
+                # The caller stopped reading (disconnect, deadline, error): cancel the replica's
+                # generator, which aborts the request in the engine.
+                responses.cancel()
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        handle = self._handles.get(request.model)
+        if handle is None:
+            raise ModelNotFound(request.model)
+        try:
+            return await handle.embed.remote(request)
+        except Exception as exc:
+            translated = self._translate(exc, request.model, started=False)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    async def list_models(self) -> list[ModelStatus]:
+        """Configured models with Serve's view of their replicas (cached for a second)."""
+        now = time.monotonic()
+        cached = self._status_cache
+        if cached is not None and now - cached[0] < self._status_ttl_s:
+            return cached[1]
+        async with self._status_lock:
+            cached = self._status_cache
+            if cached is not None and time.monotonic() - cached[0] < self._status_ttl_s:
+                return cached[1]
+            statuses = await asyncio.to_thread(self._read_statuses)
+            self._status_cache = (time.monotonic(), statuses)
+            return statuses
+
+    def _read_statuses(self) -> list[ModelStatus]:
+        try:
+            app = serve.status().applications.get(self._app_name)
+            deployments = app.deployments if app is not None else {}
+        except Exception:  # noqa: BLE001 - the controller being unreachable must not break listing
+            logger.exception("could not read Serve status")
+            deployments = {}
+        statuses = []
+        for name, card in self._cards.items():
+            overview = deployments.get(self._deployment_names[name])
+            if overview is None:
+                statuses.append(ModelStatus(card=card, state="starting", replicas=0))
+                continue
+            state, replicas, message = _state_of(overview)
+            statuses.append(ModelStatus(card=card, state=state, replicas=replicas, message=message))
+        return statuses
