@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Match
 
 from serve_app.backend import Backend
 from serve_app.edge import EdgeMiddleware, render_error_body, request_id_of
@@ -43,6 +44,16 @@ def render_error(request: Request, error: ServingError) -> JSONResponse:
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts on the request's path (for a 405's ``Allow``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "OPTIONS"}) if isinstance(route, BaseRoute) else (None, {})
+        if match is not None and match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> Response:
@@ -58,7 +69,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             error = NotFound(f"No route for {request.method} {request.url.path}.")
         elif exc.status_code == 405:
-            error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+            error = MethodNotAllowed(
+                f"Method {request.method} is not allowed on {request.url.path}.",
+                headers={"allow": ", ".join(_allowed_methods(request))},
+            )
+        elif isinstance(exc.__cause__, ServingError):
+            # FastAPI reports any failure while reading the body as a 400; keep ours (413).
+            error = exc.__cause__
         else:
             error = ServingError(str(exc.detail), status=exc.status_code, code=None)
             if exc.status_code < 500:
@@ -92,10 +109,16 @@ def create_app(
         """Liveness of the ingress (no key needed)."""
         return {"status": "ok"}
 
-    @app.api_route("/", methods=["GET", "HEAD"], tags=["ollama"], response_class=PlainTextResponse)
     async def root() -> str:
         """Ollama's banner; clients probe it to find a server."""
         return "Ollama is running"
+
+    # One route per method, so each OpenAPI operation has its own operationId.
+    for method in ("GET", "HEAD"):
+        app.add_api_route(
+            "/", root, methods=[method], tags=["ollama"], response_class=PlainTextResponse,
+            name=f"root_{method.lower()}",
+        )
 
     app.include_router(build_openai_router(gateway))
     app.include_router(build_ollama_router(gateway))

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from serve_app.backend import fold_chunks
 from serve_app.edge import request_id_of
 from serve_app.error_rendering import ollama_error_body
 from serve_app.errors import PermissionDenied, ServingError
@@ -16,7 +17,6 @@ from serve_app.gateway import Batch, Gateway
 from serve_app.internal_types import EmbeddingRequest, GenerationRequest
 from serve_app.ollama import adapter
 from serve_app.ollama import schemas as wire
-from serve_app.backend import fold_chunks
 from serve_app.streaming import collect, stream_frames, streaming_response
 from serve_app.unsupported import unsupported_headers
 
@@ -189,7 +189,11 @@ def build_ollama_router(gateway: Gateway) -> APIRouter:
         return {"version": gateway.settings.ollama_version}
 
     for path, methods in MANAGEMENT_ROUTES:
-        router.add_api_route(path, _management_refusal(path), methods=methods, include_in_schema=True)
+        refusal = _management_refusal(path)
+        for method in methods:
+            # One route per method, so each OpenAPI operation has its own operationId.
+            name = refusal.__name__ if len(methods) == 1 else f"{refusal.__name__}_{method.lower()}"
+            router.add_api_route(path, refusal, methods=[method], name=name)
     return router
 
 
