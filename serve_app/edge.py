@@ -62,6 +62,23 @@ def _treat_body_as_json(scope: Scope, content_type_at: int | None) -> None:
     scope["headers"] = headers
 
 
+def _has_chunked_body(scope: Scope) -> bool:
+    """Whether the request announces a body without a length (``Transfer-Encoding: chunked``)."""
+    return any(name == b"transfer-encoding" and b"chunked" in value.lower() for name, value in scope["headers"])
+
+
+def _replay(buffered: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``buffered`` first, then defers to the real one."""
+    pending = list(buffered)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
 class EdgeMiddleware:
     """Assigns request ids, enforces the body limit and checks bearer keys."""
 
@@ -115,6 +132,14 @@ class EdgeMiddleware:
         if content_length is not None and content_length.isdigit() and int(content_length) > self.max_body_bytes:
             await self._send_error(scope, send, self._too_large(), request_id)
             return
+        if content_length is None and _has_chunked_body(scope):
+            # No declared length: read the body here, so an oversized one is refused with 413
+            # whatever the route does with it (FastAPI turns errors while reading into 400s).
+            buffered = await self._read_limited(receive)
+            if buffered is None:
+                await self._send_error(scope, send, self._too_large(), request_id)
+                return
+            receive = _replay(buffered, receive)
 
         received = 0
 
@@ -130,12 +155,28 @@ class EdgeMiddleware:
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
+                # Error responses already carry the id; every response carries it exactly once.
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, limited_receive, send_with_request_id)
+
+    async def _read_limited(self, receive: Receive) -> list[Message] | None:
+        """The request's body messages, or ``None`` once they exceed the limit."""
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages  # the client went away; the app sees the disconnect
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"Request body is larger than the limit of {self.max_body_bytes} bytes.")
