@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from serve_app.errors import InvalidRequest
@@ -38,7 +38,7 @@ def rfc3339_nano(ns: int | None = None) -> str:
     """Go's RFC 3339 timestamp with nanoseconds, in UTC (Ollama's ``created_at``)."""
     ns = time.time_ns() if ns is None else ns
     seconds, fraction = divmod(ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{fraction:09d}Z"
 
 
