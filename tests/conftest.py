@@ -72,3 +72,11 @@ def live_url(fake_app: tuple[FastAPI, dict[str, FakeEngine]]) -> Iterator[str]:
     """The fake app over real HTTP (for the openai and ollama clients)."""
     with serve_in_thread(fake_app[0]) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def shared_live_url() -> Iterator[str]:
+    """Like ``live_url`` but one server per test module (for tests that only read engine state)."""
+    app, _ = build_fake_app()
+    with serve_in_thread(app) as url:
+        yield url
