@@ -134,3 +134,11 @@ class DeadlineExceeded(ServingError):
             f"The generation did not finish within the server's deadline of {deadline_s:g} s.",
             headers={"x-should-retry": "false"},
         )
+
+
+class ClientDisconnected(ServingError):
+    """The client went away before the reply; the work was cancelled. Nobody reads this."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"

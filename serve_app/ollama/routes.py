@@ -9,12 +9,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from serve_app.backend import fold_chunks
+from serve_app.disconnect import unless_disconnected
 from serve_app.edge import request_id_of
 from serve_app.error_rendering import ollama_error_body
 from serve_app.errors import PermissionDenied, ServingError
 from serve_app.framing import NDJSON_MEDIA_TYPE, ndjson_line
 from serve_app.gateway import Batch, Gateway
-from serve_app.internal_types import EmbeddingRequest, GenerationRequest
+from serve_app.internal_types import EmbeddingRequest, GenerationRequest, GenerationResult
 from serve_app.ollama import adapter
 from serve_app.ollama import schemas as wire
 from serve_app.streaming import collect, stream_frames, streaming_response
@@ -46,9 +47,12 @@ def build_ollama_router(gateway: Gateway) -> APIRouter:
         timings = adapter.Timings()
         model = body.model
         if body.stream is False:
-            first_batch, rest = await gateway.open_stream(internal)
-            timings.mark_token()
-            result = fold_chunks((first_batch or []) + await collect(rest))
+            async def fold() -> GenerationResult:
+                first_batch, rest = await gateway.open_stream(internal)
+                timings.mark_token()
+                return fold_chunks((first_batch or []) + await collect(rest))
+
+            result = await unless_disconnected(request, fold())
             choice = result.choices[0] if result.choices else None
             reply = {
                 "model": model,
@@ -60,7 +64,7 @@ def build_ollama_router(gateway: Gateway) -> APIRouter:
             }
             return JSONResponse(reply, headers=headers)
 
-        first, stream = await gateway.open_stream(internal)
+        first, stream = await unless_disconnected(request, gateway.open_stream(internal))
         timings.mark_token()
         state: dict[str, Any] = {"finish": None, "prompt": 0, "completion": 0}
 
@@ -145,7 +149,7 @@ def build_ollama_router(gateway: Gateway) -> APIRouter:
         vectors: list[list[float]] = []
         prompt_tokens = 0
         if inputs:
-            result = await gateway.embed(internal)
+            result = await unless_disconnected(request, gateway.embed(internal))
             vectors, prompt_tokens = result.vectors, result.prompt_tokens
         total = max(time.perf_counter_ns() - started, 1)
         reply = {
@@ -165,7 +169,7 @@ def build_ollama_router(gateway: Gateway) -> APIRouter:
             return {"embedding": []}
         internal = EmbeddingRequest(request_id=request_id_of(request.scope) or "", model=card.name, inputs=[body.prompt])
         gateway.check_embedding_supported(card, internal)
-        result = await gateway.embed(internal)
+        result = await unless_disconnected(request, gateway.embed(internal))
         return {"embedding": result.vectors[0]}
 
     @router.get("/tags")
@@ -198,11 +202,21 @@ def build_ollama_router(gateway: Gateway) -> APIRouter:
 
 
 def _management_refusal(path: str) -> Any:
-    async def refuse() -> Response:
-        raise PermissionDenied(
-            f"/api{path.split('/{')[0]} is disabled: models are managed in config.yaml on the server, "
-            "not through the API."
-        )
+    message = (
+        f"/api{path.split('/{')[0]} is disabled: models are managed in config.yaml on the server, "
+        "not through the API."
+    )
+
+    if "{digest}" in path:
+        # The path parameter is declared, so the OpenAPI document describes the route truly.
+        async def refuse_blob(digest: str) -> Response:
+            raise PermissionDenied(message)
+
+        refuse: Any = refuse_blob
+    else:
+
+        async def refuse() -> Response:
+            raise PermissionDenied(message)
 
     refuse.__name__ = f"refuse_{path.strip('/').split('/')[0]}"
     refuse.__doc__ = "Model management is done in config.yaml; this route always refuses."

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from serve_app.disconnect import unless_disconnected
 from serve_app.edge import request_id_of
 from serve_app.error_rendering import openai_error_body
 from serve_app.errors import ServingError
@@ -35,10 +36,10 @@ def build_openai_router(gateway: Gateway) -> APIRouter:
         gateway.check_generation_supported(card, internal)
         headers = unsupported_headers(unhonoured, request_id)
         if not body.stream:
-            result = await gateway.generate(internal)
+            result = await unless_disconnected(request, gateway.generate(internal))
             return JSONResponse(adapter.chat_completion_body(result, body.model), headers=headers)
 
-        first, stream = await gateway.open_stream(internal)
+        first, stream = await unless_disconnected(request, gateway.open_stream(internal))
         chunks = adapter.ChatChunkAdapter(body.model, include_usage=internal.include_usage)
 
         def frame_batch(batch: Batch) -> list[bytes]:
@@ -65,12 +66,12 @@ def build_openai_router(gateway: Gateway) -> APIRouter:
         n = internals[0].sampling.n
         echo = [p if body.echo and isinstance(p, str) else None for p in (r.prompt for r in internals)]
         if not body.stream:
-            results = list(await asyncio.gather(*(gateway.generate(r) for r in internals)))
+            results = list(await unless_disconnected(request, asyncio.gather(*(gateway.generate(r) for r in internals))))
             return JSONResponse(adapter.completion_body(results, body.model, echo, n), headers=headers)
 
         streams = [_reindexed(gateway.start_generation(r), group * n) for group, r in enumerate(internals)]
         merged = merge_streams(streams)
-        first, stream = await gateway.open_stream_from(merged)
+        first, stream = await unless_disconnected(request, gateway.open_stream_from(merged))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         echo_by_choice = {g * n + j: p for g, p in enumerate(echo) if p for j in range(n)}
         chunks = adapter.CompletionChunkAdapter(body.model, include_usage, echo_by_choice)
@@ -99,7 +100,7 @@ def build_openai_router(gateway: Gateway) -> APIRouter:
             truncate=False,  # OpenAI refuses over-long inputs rather than truncating them
         )
         gateway.check_embedding_supported(card, internal)
-        result = await gateway.embed(internal)
+        result = await unless_disconnected(request, gateway.embed(internal))
         return adapter.embeddings_body(result, body.model, body.encoding_format)
 
     @router.get("/models", response_model=wire.ModelList)
