@@ -358,9 +358,11 @@ class CompletionChunkAdapter:
 
     def chunk(self, chunk: GenerationChunk, prompt_group: int = 0) -> dict[str, Any]:
         """One streamed completion object for one internal chunk."""
-        text = self._echo.pop(chunk.index, "") + chunk.text
-        offset = self._offsets.get(chunk.index, 0)
-        self._offsets[chunk.index] = offset + len(text)
+        echo = self._echo.pop(chunk.index, "")
+        text = echo + chunk.text
+        # Offsets of generated tokens count the echoed prompt before them.
+        offset = self._offsets.get(chunk.index, 0) + len(echo)
+        self._offsets[chunk.index] = offset + len(chunk.text)
         if chunk.usage is not None:
             self._prompt_tokens[prompt_group] = chunk.usage.prompt_tokens
             self._completion_tokens += chunk.usage.completion_tokens
