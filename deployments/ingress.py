@@ -29,7 +29,7 @@ class Ingress:
     ) -> None:
         self._cards = [ModelCard.model_validate(c) for c in cards]
         # Settings are read here, in the replica, so LLM_* secrets come from its environment.
-        self._settings = IngressSettings(**settings)
+        self._settings = IngressSettings(**{"echo_request_id": False, **settings})
         self._backend = RayBackend(
             handles,
             self._cards,

@@ -7,6 +7,7 @@ unavailable deployment to 503, a replica dying mid-stream to an in-band engine e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -95,9 +96,11 @@ class RayBackend:
         handle = self._stream_handles.get(request.model)
         if handle is None:
             raise ModelNotFound(request.model)
-        responses = handle.generate.remote(request)
+        responses = None
         started = finished = False
         try:
+            # Serve may reject at submission (back-pressure) as well as on the first read.
+            responses = handle.generate.remote(request)
             async for batch in responses:
                 started = True
                 yield batch
@@ -108,10 +111,12 @@ class RayBackend:
                 raise
             raise translated from exc
         finally:
-            if not finished:
+            if responses is not None and not finished:
                 # The caller stopped reading (disconnect, deadline, error): cancel the replica's
-                # generator, which aborts the request in the engine.
-                responses.cancel()
+                # generator, which aborts the request in the engine. Cancelling a request Serve
+                # already rejected re-raises that rejection; it has been reported above.
+                with contextlib.suppress(Exception):
+                    responses.cancel()
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         handle = self._handles.get(request.model)

@@ -42,6 +42,9 @@ class IngressSettings(BaseSettings):
         description="Our own generation deadline: 504 (x-should-retry: false) before the first "
         "byte, an in-band error after it; the generation is aborted either way.",
     )
+    echo_request_id: bool = Field(
+        default=True, description="Echo x-request-id on responses (Ray Serve's proxy already does)."
+    )
     ollama_version: str = Field(default="0.12.10", description="Reported by GET /api/version.")
 
     @field_validator("api_keys", "cors_origins", mode="before")

@@ -41,6 +41,7 @@ class FakeEngineConfig(BaseModel):
     startup_delay_s: float = 0.0
     fail_on_start: bool = False
     fail_after_tokens: int | None = None  # raise after this many tokens; 0 fails before any
+    die_after_requests: int | None = None  # the engine dies (check_health fails) after N requests
 
 
 def count_words(text: str) -> int:
@@ -89,6 +90,7 @@ class FakeEngine:
         self.completed = 0
         self.tokens_generated = 0
         self.dead = False
+        self._requests_seen = 0
 
     async def start(self) -> None:
         self.starts += 1
@@ -240,6 +242,9 @@ class FakeEngine:
             finished = True
             self.completed += 1
         finally:
+            self._requests_seen += 1
+            if self.config.die_after_requests is not None and self._requests_seen >= self.config.die_after_requests:
+                self.dead = True
             if not finished:
                 await self.abort(rid)
             self.in_flight.discard(rid)
