@@ -124,7 +124,10 @@ def create_app(
     app.include_router(build_ollama_router(gateway))
 
     app.add_middleware(
-        EdgeMiddleware, api_keys=settings.load_api_keys(), max_body_bytes=settings.max_body_bytes
+        EdgeMiddleware,
+        api_keys=settings.load_api_keys(),
+        max_body_bytes=settings.max_body_bytes,
+        echo_request_id=settings.echo_request_id,
     )
     if settings.cors_origins:
         # Outermost, so browsers' preflight requests (which carry no key) are answered here.

@@ -82,8 +82,13 @@ def _replay(buffered: list[Message], receive: Receive) -> Receive:
 class EdgeMiddleware:
     """Assigns request ids, enforces the body limit and checks bearer keys."""
 
-    def __init__(self, app: ASGIApp, *, api_keys: Iterable[str], max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_keys: Iterable[str], max_body_bytes: int, echo_request_id: bool = True
+    ) -> None:
         self.app = app
+        # Behind Ray Serve's proxy the proxy echoes x-request-id itself; a second copy would
+        # make the header a list.
+        self.echo_request_id = echo_request_id
         self._keys = [k.encode() for k in api_keys]
         self.max_body_bytes = max_body_bytes
 
@@ -157,7 +162,8 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 # Error responses already carry the id; every response carries it exactly once.
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                headers.append((b"x-request-id", request_id.encode()))
+                if self.echo_request_id:
+                    headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
