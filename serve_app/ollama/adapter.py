@@ -64,8 +64,9 @@ def options_to_sampling(options: wire.Options | None) -> tuple[SamplingParams, i
     """Ollama options as sampling parameters, the ``num_ctx`` cap, and the options not honoured."""
     if options is None:
         return SamplingParams(), None, []
-    given = [k for k in options.model_fields_set if getattr(options, k, None) is not None]
-    given += sorted(options.model_extra or {})
+    # ``model_fields_set`` holds the extra (unknown) options too; a set names each once.
+    given = {k for k in options.model_fields_set if getattr(options, k, None) is not None}
+    given |= set(options.model_extra or {})
     unhonoured = sorted(f"options.{k}" for k in given if k not in wire.HONOURED_OPTIONS)
     max_tokens = options.num_predict
     if max_tokens is not None:
