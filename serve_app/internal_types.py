@@ -96,6 +96,7 @@ class SamplingParams(_Strict):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
+    ignore_eos: bool = False
     n: int = 1
     logprobs: bool = False
     top_logprobs: int | None = None

@@ -140,7 +140,10 @@ class FakeEngine:
         elif fmt.type == "json_schema":
             text = json.dumps(example_from_schema(fmt.json_schema or {}))
         else:
-            return [f"tok{i} " for i in range(self.config.output_tokens)]
+            count = self.config.output_tokens
+            if request.sampling.ignore_eos and request.sampling.max_tokens:
+                count = request.sampling.max_tokens  # no natural end: exactly max_tokens
+            return [f"tok{i} " for i in range(count)]
         # Structured answers stream a few characters per token, like a real tokenizer.
         return [text[i : i + 4] for i in range(0, len(text), 4)]
 

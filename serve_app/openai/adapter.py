@@ -117,6 +117,7 @@ def _sampling(body: wire._SamplingFields, max_tokens: int | None, n: int) -> dic
         "frequency_penalty": body.frequency_penalty,
         "repetition_penalty": body.repetition_penalty,
         "logit_bias": _logit_bias(body.logit_bias),
+        "ignore_eos": bool(body.ignore_eos),
         "n": n,
     }
 

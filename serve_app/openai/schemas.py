@@ -170,6 +170,7 @@ class _SamplingFields(_Wire):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    ignore_eos: bool | None = None  # generate max_tokens whatever the model says (benchmarks)
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _SamplingFields:

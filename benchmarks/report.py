@@ -1,0 +1,64 @@
+"""The Markdown table and PNG plots of a benchmark result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Ratios first, then one row per scenario, target and repeat."""
+    lines = [f"## {result['suite']} suite, {result['date']}", "", "| figure | value | target |", "| --- | --- | --- |"]
+    for r in result["ratios"]:
+        lines.append(f"| {r['figure']} | {_fmt(r['value'], digits=3)} | {r['target']} |")
+    lines += ["", "| scenario | target | conc. | ok/req | req/s | tok/s | TTFT p50/p99 ms | TPOT p50 ms | ITL p99 ms | e2e p50 s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['scenario']} | {row['target']} | {row['concurrency']} | {row['ok']}/{row['requests']} "
+            f"| {_fmt(row['requests_per_s'])} | {_fmt(row['output_tokens_per_s'], digits=1)} "
+            f"| {_fmt(row['ttft_s']['p50'], 1000, 1)}/{_fmt(row['ttft_s']['p99'], 1000, 1)} "
+            f"| {_fmt(row['tpot_s']['p50'], 1000, 1)} | {_fmt(row['itl_s']['p99'], 1000, 1)} | {_fmt(row['e2e_s']['p50'])} |"
+        )
+    return "\n".join(lines)
+
+
+def plots(result: dict[str, Any], folder: Path) -> list[Path]:
+    """Latency percentiles and throughput versus concurrency, one line per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    workloads = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(11, 3.6 * len(workloads)), squeeze=False)
+    for i, workload in enumerate(workloads):
+        for target in sorted({r["target"] for r in rows if r["workload"] == workload}):
+            points = sorted((r["concurrency"], r) for r in rows if r["workload"] == workload and r["target"] == target)
+            xs = [c for c, _ in points]
+            axes[i][0].plot(xs, [r["output_tokens_per_s"] for _, r in points], "o-", label=target)
+            for pct, style in (("p50", "o-"), ("p99", "x--")):
+                axes[i][1].plot(xs, [(r["ttft_s"][pct] or 0) * 1000 for _, r in points], style, label=f"{target} TTFT {pct}")
+        axes[i][0].set(title=f"{workload}: throughput", xlabel="concurrent streams", ylabel="output tokens/s")
+        axes[i][1].set(title=f"{workload}: time to first token", xlabel="concurrent streams", ylabel="ms")
+        for ax in axes[i]:
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = folder / "plots.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def write_report(result: dict[str, Any], folder: Path) -> str:
+    """Write ``report.md`` and the plots into ``folder``; returns the Markdown."""
+    text = markdown(result)
+    (folder / "report.md").write_text(text + "\n\n![plots](plots.png)\n")
+    plots(result, folder)
+    return text

