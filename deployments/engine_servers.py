@@ -48,6 +48,9 @@ class _EngineReplica:
         for name in ("aborted", "in_flight"):
             if hasattr(self.engine, name):
                 stats[name] = sorted(getattr(self.engine, name))
+        unfinished = getattr(self.engine, "num_unfinished_requests", None)
+        if callable(unfinished):
+            stats["unfinished_requests"] = unfinished()
         return stats
 
     async def __del__(self) -> None:
