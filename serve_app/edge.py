@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 # Paths that stay open without a key: liveness probes (the design's health contract).
-OPEN_PATHS = frozenset({"/health", "/-/healthz", "/-/routes"})
+OPEN_PATHS = frozenset({"/health", "/-/healthz"})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 

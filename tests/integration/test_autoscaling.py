@@ -90,7 +90,7 @@ def test_load_scales_up_idle_scales_down_and_streams_in_flight_finish(url: str) 
             finished = await asyncio.gather(*survivors)
         for text, finish, _ in results:
             assert (text, finish) == (expected, "stop")
-        for text, finish, ended_at in finished:
+        for text, finish, _ in finished:
             assert (text, finish) == (expected, "stop")
         # At least one survivor was still streaming when the replica count dropped.
         assert max(ended for _, _, ended in finished) > scaled_down_at
