@@ -332,6 +332,8 @@ def _sampling_fields(request: GenerationRequest) -> dict[str, Any]:
     }
     out = {k: v for k, v in fields.items() if v is not None}
     out["n"] = s.n
+    if s.ignore_eos:
+        out["ignore_eos"] = True
     if s.stop:
         out["stop"] = list(s.stop)
     # max_tokens is left out on purpose: vLLM's renderer would check it against max_model_len
