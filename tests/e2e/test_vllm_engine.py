@@ -153,6 +153,19 @@ async def test_max_tokens_finishes_with_length_and_logprobs(chat_engine) -> None
         assert lp.top_logprobs[0].token == lp.token
 
 
+async def test_ignore_eos_generates_max_tokens(chat_engine) -> None:
+    chunks = await collect(chat_engine, chat(temperature=0, max_tokens=24, ignore_eos=True))
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 24
+
+
+async def test_think_on_a_model_without_reasoning_parser_answers_in_text(chat_engine) -> None:
+    request = chat(temperature=0, max_tokens=32)
+    request.think = True  # chat_template_kwargs enable_thinking; SmolLM2's template ignores it
+    chunks = await collect(chat_engine, request)
+    assert "Paris" in text_of(chunks) and not any(c.reasoning for c in chunks)
+
+
 async def test_completion_kind_and_stop(chat_engine) -> None:
     request = GenerationRequest(
         model=CHAT, kind="completion", prompt="The capital of France is",
