@@ -42,7 +42,7 @@ class _EngineReplica:
     async def engine_stats(self) -> dict[str, Any]:
         """Counters the engine keeps (the fake engine's starts, aborts, in-flight requests)."""
         stats: dict[str, Any] = {}
-        for name in ("starts", "completed", "tokens_generated"):
+        for name in ("starts", "completed", "tokens_generated", "requests_submitted"):
             if hasattr(self.engine, name):
                 stats[name] = getattr(self.engine, name)
         for name in ("aborted", "in_flight"):

@@ -385,6 +385,7 @@ class VLLMEngine(_LazyStart):
         self._default_sampling: dict[str, Any] = {}
         self._override_max_tokens: int | None = None
         self.start_seconds: float | None = None
+        self.requests_submitted = 0  # requests handed to vLLM (rejected ones never are)
 
     async def start(self) -> None:
         if self.card.kind != "generate":
@@ -612,6 +613,7 @@ class VLLMEngine(_LazyStart):
             for _ in range(request.sampling.n)
         ]
         stream = engine.generate(prepared.engine_input, prepared.sampling_params, rid, **prepared.generate_kwargs)
+        self.requests_submitted += 1
         finished = False
         limit = self._limit(request)
         try:
