@@ -58,5 +58,10 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check serve_app deployments tests benchmarks
 
+# Regenerate k8s/overlays/*/rayservice.yaml (serveConfigV2 from config.gpu.yaml / config.fake.yaml).
+.PHONY: k8s
+k8s: install
+	$(PY) scripts/render_k8s.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache
