@@ -49,7 +49,7 @@ def test_rfc3339_nano_now() -> None:
 SAMPLING_DEFAULTS = {
     "max_tokens": None, "temperature": None, "top_p": None, "top_k": None, "min_p": None, "seed": None, "stop": [],
     "presence_penalty": None, "frequency_penalty": None, "repetition_penalty": None, "logit_bias": None, "n": 1,
-    "logprobs": False, "top_logprobs": None,
+    "logprobs": False, "top_logprobs": None, "ignore_eos": False,
 }
 
 
