@@ -6,11 +6,14 @@ Values come from keyword arguments (the ``ingress:`` block of ``config.yaml``) a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from serve_app.keys import ApiKey, ApiKeyConfig, build_keyring, load_keys_file
 
 
 def _split_csv(value: object) -> object:
@@ -25,10 +28,30 @@ class IngressSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLM_", extra="forbid")
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="Accepted bearer keys; empty means the API is open."
+        default_factory=list,
+        description="Accepted bearer keys, without limits, named key-1, key-2...; no keys at all "
+        "(here, in `keys` or in the file) means the API is open.",
     )
     api_keys_file: Path | None = Field(
-        default=None, description="A file with one key per line ('#' starts a comment)."
+        default=None,
+        description="Either one key per line ('#' starts a comment) or YAML/JSON "
+        "`keys: [{name, key, requests_per_minute, tokens_per_minute, max_concurrent, burst, "
+        "tokens_burst, models}]`.",
+    )
+    keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description="Named keys with limits (LLM_KEYS as JSON); same entries as the keys file.",
+    )
+    metrics_open: bool = Field(
+        default=False,
+        description="Serve GET /metrics without a key (otherwise Prometheus scrapes with a bearer token).",
+    )
+    usage_log: bool = Field(default=True, description="One JSON line per request on logger serve_app.usage.")
+    limit_lease_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A concurrency slot not released within this time is reclaimed (a replica died "
+        "holding it); defaults to request_deadline_s + 60.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS; empty turns CORS off."
@@ -52,12 +75,25 @@ class IngressSettings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    def load_api_keys(self) -> list[str]:
-        """All configured keys, from the setting and the keys file."""
-        keys = [k.get_secret_value() for k in self.api_keys]
+    def _key_sources(self) -> tuple[list[str], list[ApiKeyConfig]]:
+        plain = [k.get_secret_value() for k in self.api_keys]
+        structured = list(self.keys)
         if self.api_keys_file is not None:
-            for line in self.api_keys_file.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    keys.append(line)
-        return keys
+            file_plain, file_structured = load_keys_file(self.api_keys_file)
+            plain += file_plain
+            structured += file_structured
+        return plain, structured
+
+    def load_api_keys(self) -> list[str]:
+        """Every configured key's secret: the setting, ``keys`` and the keys file."""
+        plain, structured = self._key_sources()
+        return plain + [k.key.get_secret_value() for k in structured]
+
+    def load_keyring(self, resolve_model: Callable[[str], str] | None = None) -> list[ApiKey]:
+        """Every configured key with its name, limits and canonical allowed models."""
+        plain, structured = self._key_sources()
+        return build_keyring(plain, structured, resolve_model)
+
+    def lease_ttl_s(self) -> float:
+        """How long a concurrency slot may be held before it is reclaimed."""
+        return self.limit_lease_ttl_s or self.request_deadline_s + 60.0
