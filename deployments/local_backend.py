@@ -55,8 +55,12 @@ class LocalBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         stream = self._engine(request.model).generate(request)
+        first = True
         try:
             async for chunk in stream:
+                if first:
+                    chunk.queued_s = 0.0  # no queue in front of an in-process engine
+                first = False
                 yield [chunk]
         finally:
             await stream.aclose()

@@ -7,6 +7,7 @@ server); nothing here reads settings or touches a backend at import.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,9 +15,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
+from serve_app.accounting import Accounting
 from serve_app.backend import Backend
-from serve_app.edge import EdgeMiddleware, render_error_body, request_id_of
+from serve_app.edge import METRICS_PATH, OPEN_PATHS, EdgeMiddleware, context_of, render_error_body, request_id_of
 from serve_app.error_rendering import error_headers
 from serve_app.errors import (
     InvalidRequest,
@@ -26,6 +29,8 @@ from serve_app.errors import (
 )
 from serve_app.gateway import Gateway
 from serve_app.internal_types import ModelCard
+from serve_app.limits import InProcessLimiter, Limiter
+from serve_app.metrics import CONTENT_TYPE, MetricsMirror, ServingMetrics
 from serve_app.ollama.routes import build_ollama_router
 from serve_app.openai.routes import build_openai_router
 from serve_app.settings import IngressSettings
@@ -37,6 +42,9 @@ logger = logging.getLogger(__name__)
 def render_error(request: Request, error: ServingError) -> JSONResponse:
     """The error in the API shape of the request's path, with its status and headers."""
     request_id = request_id_of(request.scope)
+    ctx = context_of(request.scope)
+    if ctx is not None:
+        ctx.record_error(error)
     return JSONResponse(
         render_error_body(request.url.path, error, request_id),
         status_code=error.status,
@@ -88,26 +96,58 @@ def _install_error_handlers(app: FastAPI) -> None:
         return render_error(request, ServingError("Internal server error."))
 
 
+def _route_matcher(app: FastAPI) -> Callable[[Scope], str]:
+    """The route template a request's scope matches (a bounded metric label), or ``unmatched``."""
+
+    def route_of(scope: Scope) -> str:
+        for route in app.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "unmatched"))
+        return "unmatched"
+
+    return route_of
+
+
 def create_app(
     backend: Backend,
     cards: list[ModelCard],
     settings: IngressSettings | None = None,
+    *,
+    limiter: Limiter | None = None,
+    metrics_mirror: MetricsMirror | None = None,
 ) -> FastAPI:
-    """Build the ingress app serving ``cards`` through ``backend``."""
+    """Build the ingress app serving ``cards`` through ``backend``.
+
+    ``limiter`` keeps the per-key limits (in this process by default; the Ray ingress shares
+    one across replicas); ``metrics_mirror`` receives every metric observation as well as this
+    app's own Prometheus registry (Ray's metrics export under Serve).
+    """
     settings = settings or IngressSettings()
     gateway = Gateway(backend, cards, settings)
+    keyring = settings.load_keyring(gateway.resolver.resolve)
+    metrics = ServingMetrics(metrics_mirror)
+    accounting = Accounting(
+        metrics, limiter or InProcessLimiter(settings.lease_ttl_s()), usage_log=settings.usage_log
+    )
     app = FastAPI(
         title="LLM serving cluster",
         description="OpenAI- and Ollama-compatible API in front of Ray Serve and vLLM.",
         version="0.1.0",
     )
     app.state.gateway = gateway
+    app.state.metrics = metrics
     _install_error_handlers(app)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
         """Liveness of the ingress (no key needed)."""
         return {"status": "ok"}
+
+    @app.get(METRICS_PATH, include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """This replica's metrics in the Prometheus text format (needs the key unless metrics_open)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     async def root() -> str:
         """Ollama's banner; clients probe it to find a server."""
@@ -125,9 +165,12 @@ def create_app(
 
     app.add_middleware(
         EdgeMiddleware,
-        api_keys=settings.load_api_keys(),
+        api_keys=keyring,
         max_body_bytes=settings.max_body_bytes,
+        accounting=accounting,
         echo_request_id=settings.echo_request_id,
+        open_paths=OPEN_PATHS | ({METRICS_PATH} if settings.metrics_open else set()),
+        route_of=_route_matcher(app),
     )
     if settings.cors_origins:
         # Outermost, so browsers' preflight requests (which carry no key) are answered here.

@@ -1,7 +1,11 @@
-"""The ASGI edge in front of every route: request id, body-size limit and API keys.
+"""The ASGI edge in front of every route: request id, body-size limit, API keys and key limits.
 
 A pure ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: the latter buffers
 and re-wraps streaming responses, which costs per chunk and hides client disconnects.
+
+It also creates each request's :class:`RequestContext`, and finalizes it exactly once after the
+app returns (the response fully sent, streams included, or the client gone): that is where the
+limiter slot is released, tokens are charged, metrics are recorded and the usage line written.
 """
 
 from __future__ import annotations
@@ -10,20 +14,27 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.accounting import Accounting
 from serve_app.error_rendering import error_headers, ollama_error_body, openai_error_body
-from serve_app.errors import AuthenticationFailed, PayloadTooLarge, ServingError
+from serve_app.errors import AuthenticationFailed, PayloadTooLarge, RateLimited, ServingError
 from serve_app.internal_types import new_request_id
+from serve_app.keys import ApiKey
+from serve_app.limits import retry_after_headers
+from serve_app.request_context import RequestContext, reset_current, set_current
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 # Paths that stay open without a key: liveness probes (the design's health contract).
 OPEN_PATHS = frozenset({"/health", "/-/healthz"})
+METRICS_PATH = "/metrics"
+# Paths left out of request metrics, usage lines and key limits (probes and scrapes).
+UNACCOUNTED_PATHS = OPEN_PATHS | {METRICS_PATH}
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -44,6 +55,11 @@ def render_error_body(path: str, error: ServingError, request_id: str | None) ->
 def request_id_of(scope: Scope) -> str | None:
     """The request id the edge assigned to this request."""
     return scope.get("state", {}).get("request_id")
+
+
+def context_of(scope: Scope) -> RequestContext | None:
+    """The accounting context the edge created for this request (None for unaccounted paths)."""
+    return scope.get("state", {}).get("ctx")
 
 
 def _treat_body_as_json(scope: Scope, content_type_at: int | None) -> None:
@@ -80,21 +96,33 @@ def _replay(buffered: list[Message], receive: Receive) -> Receive:
 
 
 class EdgeMiddleware:
-    """Assigns request ids, enforces the body limit and checks bearer keys."""
+    """Assigns request ids, enforces the body limit, checks bearer keys and their limits."""
 
     def __init__(
-        self, app: ASGIApp, *, api_keys: Iterable[str], max_body_bytes: int, echo_request_id: bool = True
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: Iterable[ApiKey],
+        max_body_bytes: int,
+        accounting: Accounting,
+        echo_request_id: bool = True,
+        open_paths: Iterable[str] = OPEN_PATHS,
+        route_of: Callable[[Scope], str] | None = None,
     ) -> None:
         self.app = app
         # Behind Ray Serve's proxy the proxy echoes x-request-id itself; a second copy would
         # make the header a list.
         self.echo_request_id = echo_request_id
-        self._keys = [k.encode() for k in api_keys]
+        self._keys = list(api_keys)
         self.max_body_bytes = max_body_bytes
+        self.accounting = accounting
+        self.open_paths = frozenset(open_paths)
+        self._route_of = route_of or (lambda scope: "unmatched")
 
-    def _key_ok(self, scope: Scope) -> bool:
+    def _authenticate(self, scope: Scope) -> ApiKey | None | bool:
+        """The key the request carries; ``None`` when no keys are set, ``False`` when refused."""
         if not self._keys:
-            return True
+            return None
         header = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -103,10 +131,11 @@ class EdgeMiddleware:
         scheme, _, token = header.partition(b" ")
         token = token.strip() if scheme.lower() == b"bearer" else b""
         # Compare against every key without stopping early, so timing says nothing.
-        matched = False
+        found: ApiKey | None = None
         for key in self._keys:
-            matched |= hmac.compare_digest(token, key)
-        return matched
+            if hmac.compare_digest(token, key.secret):
+                found = key
+        return found if found is not None else False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,24 +154,42 @@ class EdgeMiddleware:
         if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
             _treat_body_as_json(scope, content_type_at)
         request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         path: str = scope["path"]
+        ctx = None
+        if path not in UNACCOUNTED_PATHS:
+            ctx = state["ctx"] = RequestContext(request_id, api_of_path(path), scope["method"], path)
 
-        if path not in OPEN_PATHS and not self._key_ok(scope):
-            error = AuthenticationFailed(
-                "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'."
-            )
-            await self._send_error(scope, send, error, request_id)
-            return
-        if content_length is not None and content_length.isdigit() and int(content_length) > self.max_body_bytes:
-            await self._send_error(scope, send, self._too_large(), request_id)
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if ctx is not None:
+                    ctx.status = message["status"]
+                # Error responses already carry the id; every response carries it exactly once.
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                if self.echo_request_id:
+                    headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                if ctx is not None:
+                    ctx.response_complete = True
+            await send(message)
+
+        refusal = await self._refusal(scope, content_length, ctx)
+        if refusal is not None:
+            if ctx is not None:
+                ctx.record_error(refusal)
+            await self._send_error(scope, send_with_request_id, refusal, request_id)
+            if ctx is not None:
+                ctx.route = self._route_of(scope)
+                await self.accounting.finish(ctx, started=False)
             return
         if content_length is None and _has_chunked_body(scope):
             # No declared length: read the body here, so an oversized one is refused with 413
             # whatever the route does with it (FastAPI turns errors while reading into 400s).
             buffered = await self._read_limited(receive)
             if buffered is None:
-                await self._send_error(scope, send, self._too_large(), request_id)
+                await self._refuse_late(scope, send_with_request_id, self._too_large(), request_id, ctx)
                 return
             receive = _replay(buffered, receive)
 
@@ -158,16 +205,64 @@ class EdgeMiddleware:
                     raise self._too_large()
             return message
 
-        async def send_with_request_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                # Error responses already carry the id; every response carries it exactly once.
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                if self.echo_request_id:
-                    headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
+        if ctx is None:
+            await self.app(scope, limited_receive, send_with_request_id)
+            return
+        token = set_current(ctx)
+        self.accounting.start(ctx)
+        try:
+            await self.app(scope, limited_receive, send_with_request_id)
+        except Exception as exc:
+            # Starlette's outermost handler answers 500 for it, outside this middleware.
+            ctx.record_error(exc)
+            if ctx.status is None:
+                ctx.status, ctx.response_complete = 500, True
+            raise
+        finally:
+            reset_current(token)
+            route = scope.get("route")
+            ctx.route = getattr(route, "path", None) or self._route_of(scope)
+            await self.accounting.finish(ctx, started=True)
 
-        await self.app(scope, limited_receive, send_with_request_id)
+    async def _refusal(self, scope: Scope, content_length: bytes | None, ctx: RequestContext | None) -> ServingError | None:
+        """Why the request is refused before the app sees it (key, size, key limits), if it is."""
+        key = None
+        if scope["path"] not in self.open_paths:
+            key = self._authenticate(scope)
+            if key is False:
+                return AuthenticationFailed(
+                    "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'."
+                )
+        if content_length is not None and content_length.isdigit() and int(content_length) > self.max_body_bytes:
+            return self._too_large()
+        if ctx is None or not isinstance(key, ApiKey):
+            return None
+        ctx.key = key
+        if not key.limits.limited:
+            return None
+        admission = await self.accounting.limiter.admit(key.limits)
+        if admission.admitted:
+            ctx.lease = admission.lease
+            return None
+        ctx.rejected_limit = admission.limit
+        error = RateLimited(
+            f"Rate limit reached for key '{key.name}' ({admission.limit}); "
+            f"retry after {admission.retry_after_s:.2f} s.",
+            headers=retry_after_headers(admission.retry_after_s),
+        )
+        ctx.record_error(error)
+        return error
+
+    async def _refuse_late(
+        self, scope: Scope, send: Send, error: ServingError, request_id: str, ctx: RequestContext | None
+    ) -> None:
+        """Refuse after admission (an oversized chunked body): answer, then finish the context."""
+        await self._send_error(scope, send, error, request_id)
+        if ctx is not None:
+            ctx.record_error(error)
+            ctx.route = self._route_of(scope)
+            self.accounting.start(ctx)
+            await self.accounting.finish(ctx, started=True)
 
     async def _read_limited(self, receive: Receive) -> list[Message] | None:
         """The request's body messages, or ``None`` once they exceed the limit."""

@@ -106,6 +106,10 @@ class RateLimited(ServingError):
     code = "rate_limit_exceeded"
 
 
+class Overloaded(RateLimited):
+    """Load shedding: the model's replicas and queue are full (Serve's back-pressure)."""
+
+
 class EngineError(ServingError):
     """The engine failed while generating."""
 

@@ -6,10 +6,11 @@ queued, opens streams with the first batch peeked, and folds streams for non-str
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from serve_app.backend import Backend, fold_chunks
-from serve_app.errors import InvalidRequest, ModelUnavailable, Unsupported
+from serve_app.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Unsupported
 from serve_app.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -20,6 +21,7 @@ from serve_app.internal_types import (
     ModelStatus,
 )
 from serve_app.model_names import ModelResolver
+from serve_app.request_context import current_context, observed
 from serve_app.settings import IngressSettings
 from serve_app.streaming import collect, peek_first, with_deadline
 
@@ -36,8 +38,18 @@ class Gateway:
         self.resolver = ModelResolver(cards)
 
     def card(self, requested_model: str | None) -> ModelCard:
-        """The card of the model a client named (any accepted spelling); 404 if unknown."""
-        return self.cards[self.resolver.resolve(requested_model)]
+        """The card of the model a client named (any accepted spelling).
+
+        404 if unknown, and likewise if the request's key may not use it (so a key cannot
+        probe which models exist). Notes the model in the request's context.
+        """
+        name = self.resolver.resolve(requested_model)
+        ctx = current_context()
+        if ctx is not None:
+            if ctx.key is not None and not ctx.key.may_use(name):
+                raise ModelNotFound(requested_model or "")
+            ctx.model = name
+        return self.cards[name]
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -93,8 +105,10 @@ class Gateway:
         return fold_chunks(await collect(self.start_generation(request)))
 
     def start_generation(self, request: GenerationRequest) -> AsyncIterator[Batch]:
-        """The backend's stream under our generation deadline."""
-        return with_deadline(self.backend.generate(request), self.settings.request_deadline_s)
+        """The backend's stream under our generation deadline, observed for the request's metrics."""
+        request.submitted_at = time.time()
+        stream = with_deadline(self.backend.generate(request), self.settings.request_deadline_s)
+        return observed(stream, current_context())
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed after checking the request against the model's card."""
@@ -102,7 +116,11 @@ class Gateway:
             raise InvalidRequest(
                 f"at most {self.settings.max_embedding_inputs} inputs per request", param="input"
             )
-        return await self.backend.embed(request)
+        result = await self.backend.embed(request)
+        ctx = current_context()
+        if ctx is not None:
+            ctx.prompt_tokens += result.prompt_tokens
+        return result
 
     async def require_ready(self, model: str) -> None:
         """503 (with ``Retry-After`` while starting) unless ``model`` has a ready replica."""
@@ -116,5 +134,9 @@ class Gateway:
             return
 
     async def model_statuses(self) -> list[ModelStatus]:
-        """Every configured model with its state."""
-        return await self.backend.list_models()
+        """Every configured model with its state (those the request's key may use)."""
+        statuses = await self.backend.list_models()
+        ctx = current_context()
+        if ctx is not None and ctx.key is not None and ctx.key.models is not None:
+            statuses = [s for s in statuses if ctx.key.may_use(s.card.name)]
+        return statuses

@@ -135,6 +135,7 @@ class GenerationRequest(_Strict):
     context_limit: int | None = None  # Ollama num_ctx: a per-request cap on prompt + output
     include_usage: bool = True
     user: str | None = None
+    submitted_at: float | None = None  # wall clock when the ingress handed it on (queue wait)
 
     def has_images(self) -> bool:
         """Whether any message carries an image."""
@@ -192,6 +193,7 @@ class GenerationChunk:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    queued_s: float | None = None  # on the first chunk: ingress submission to replica start
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from serve_app.disconnect import unless_disconnected
-from serve_app.edge import request_id_of
+from serve_app.edge import context_of, request_id_of
 from serve_app.error_rendering import openai_error_body
 from serve_app.errors import ServingError
 from serve_app.framing import SSE_DONE, SSE_MEDIA_TYPE, sse_frame
@@ -18,6 +18,7 @@ from serve_app.gateway import Batch, Gateway
 from serve_app.internal_types import EmbeddingRequest, ModelCard, ModelStatus
 from serve_app.openai import adapter
 from serve_app.openai import schemas as wire
+from serve_app.request_context import timing_headers
 from serve_app.streaming import merge_streams, stream_frames, streaming_response
 from serve_app.unsupported import unsupported_headers
 
@@ -37,9 +38,11 @@ def build_openai_router(gateway: Gateway) -> APIRouter:
         headers = unsupported_headers(unhonoured, request_id)
         if not body.stream:
             result = await unless_disconnected(request, gateway.generate(internal))
+            headers.update(timing_headers(context_of(request.scope), streamed=False))
             return JSONResponse(adapter.chat_completion_body(result, body.model), headers=headers)
 
         first, stream = await unless_disconnected(request, gateway.open_stream(internal))
+        headers.update(timing_headers(context_of(request.scope), streamed=True))
         chunks = adapter.ChatChunkAdapter(body.model, include_usage=internal.include_usage)
 
         def frame_batch(batch: Batch) -> list[bytes]:
@@ -67,11 +70,13 @@ def build_openai_router(gateway: Gateway) -> APIRouter:
         echo = [p if body.echo and isinstance(p, str) else None for p in (r.prompt for r in internals)]
         if not body.stream:
             results = list(await unless_disconnected(request, asyncio.gather(*(gateway.generate(r) for r in internals))))
+            headers.update(timing_headers(context_of(request.scope), streamed=False))
             return JSONResponse(adapter.completion_body(results, body.model, echo, n), headers=headers)
 
         streams = [_reindexed(gateway.start_generation(r), group * n) for group, r in enumerate(internals)]
         merged = merge_streams(streams)
         first, stream = await unless_disconnected(request, gateway.open_stream_from(merged))
+        headers.update(timing_headers(context_of(request.scope), streamed=True))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         echo_by_choice = {g * n + j: p for g, p in enumerate(echo) if p for j in range(n)}
         chunks = adapter.CompletionChunkAdapter(body.model, include_usage, echo_by_choice)
