@@ -63,6 +63,12 @@ class DeploymentOptions(_Strict):
     health_check_period_s: float = Field(default=10.0, gt=0)
     health_check_timeout_s: float = Field(default=30.0, gt=0)
     max_replicas_per_node: int | None = Field(default=None, ge=1)
+    max_constructor_retry_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="How often Serve retries a failing replica constructor before the deployment "
+        "is DEPLOY_FAILED (Serve's default: 20); the model then shows as failed.",
+    )
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> DeploymentOptions:

@@ -8,6 +8,7 @@ which closes the engine's stream and aborts the request.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,8 +73,17 @@ class LLMServer(_EngineReplica):
         self.group_interval_s = group_interval_s
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
-        """Stream the generation as batches of chunks (first chunk at once)."""
+        """Stream the generation as batches of chunks (first chunk at once).
+
+        The first chunk carries ``queued_s``: from the ingress handing the request on to this
+        replica starting it (Serve's routing and queue).
+        """
+        queued_s = None if request.submitted_at is None else max(time.time() - request.submitted_at, 0.0)
+        first = True
         async for batch in group_chunks(self.engine.generate(request), self.group_interval_s):
+            if first and batch:
+                batch[0].queued_s = queued_s
+                first = False
             yield batch
 
 

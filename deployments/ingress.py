@@ -9,6 +9,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.ray_backend import RayBackend
+from deployments.ray_limits import RayLimiter
+from deployments.ray_metrics import RayMetricsMirror
 from serve_app.app import create_app
 from serve_app.internal_types import ModelCard
 from serve_app.settings import IngressSettings
@@ -30,13 +32,22 @@ class Ingress:
         self._cards = [ModelCard.model_validate(c) for c in cards]
         # Settings are read here, in the replica, so LLM_* secrets come from its environment.
         self._settings = IngressSettings(**{"echo_request_id": False, **settings})
+        app_name = serve.get_replica_context().app_name
         self._backend = RayBackend(
             handles,
             self._cards,
             deployment_names,
-            app_name=serve.get_replica_context().app_name,
+            app_name=app_name,
             retry_after_s=retry_after_s,
         )
+        # Key limits hold across every ingress replica of the application.
+        self._limiter = RayLimiter(app_name, self._settings.lease_ttl_s())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self._backend, self._cards, self._settings)
+        return create_app(
+            self._backend,
+            self._cards,
+            self._settings,
+            limiter=self._limiter,
+            metrics_mirror=RayMetricsMirror(),
+        )

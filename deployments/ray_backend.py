@@ -18,7 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.errors import EngineError, ModelNotFound, ModelUnavailable, RateLimited, ServingError
+from serve_app.errors import EngineError, ModelNotFound, ModelUnavailable, Overloaded, ServingError
 from serve_app.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -74,7 +74,7 @@ class RayBackend:
         if isinstance(exc, ServingError):
             return exc
         if isinstance(exc, BackPressureError):
-            return RateLimited(
+            return Overloaded(
                 f"model '{model}' is at capacity; retry after {self._retry_after} s",
                 headers={"retry-after": self._retry_after},
             )
@@ -92,10 +92,20 @@ class RayBackend:
             return None
         return None
 
+    async def _refuse_if_failed(self, model: str) -> None:
+        """503 at once for a model whose deployment failed (Serve would queue the request)."""
+        for status in await self.list_models():
+            if status.card.name == model and status.state == "failed":
+                raise ModelUnavailable(
+                    f"model '{model}' failed to start: {status.message or 'unknown error'}",
+                    headers={"retry-after": self._retry_after},
+                )
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         handle = self._stream_handles.get(request.model)
         if handle is None:
             raise ModelNotFound(request.model)
+        await self._refuse_if_failed(request.model)
         responses = None
         started = finished = False
         try:
@@ -122,6 +132,7 @@ class RayBackend:
         handle = self._handles.get(request.model)
         if handle is None:
             raise ModelNotFound(request.model)
+        await self._refuse_if_failed(request.model)
         try:
             return await handle.embed.remote(request)
         except Exception as exc:

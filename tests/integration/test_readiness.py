@@ -1,0 +1,141 @@
+"""Operations through Ray Serve: a model that fails to start, shared key limits, metrics.
+
+One cluster for the module: a healthy fake model, a fake model whose engine fails on start
+(Serve gives up after one retry), and two ingress replicas sharing one key-limits actor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
+
+from deployments.app import build_app
+from tests.integration.harness import APP_NAME, local_ray, wait_for
+
+pytestmark = pytest.mark.ray
+
+OPEN_KEY = "sk-ops-open-0123456789"
+LIMITED_KEY = "sk-ops-limited-0123456789"
+RPM_BURST = 3
+
+
+def _model(name: str, engine_args: dict[str, Any], **deployment: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "engine": "fake",
+        "engine_args": engine_args,
+        "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, **deployment},
+    }
+
+
+ARGS: dict[str, Any] = {
+    "models": [
+        _model("good:1", {"token_interval_s": 0.0, "output_tokens": 4}),
+        _model("broken:1", {"fail_on_start": True}, max_constructor_retry_count=1),
+    ],
+    "ingress": {
+        "settings": {
+            "keys": [
+                {"name": "ops", "key": OPEN_KEY},
+                # A 1-per-minute refill: only the burst gets through in this test's time.
+                {"name": "tight", "key": LIMITED_KEY, "requests_per_minute": 1, "burst": RPM_BURST},
+            ]
+        },
+        "deployment": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
+    },
+}
+AUTH = {"authorization": f"Bearer {OPEN_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with local_ray(num_cpus=8) as port:
+        # serve.run waits for the app to be RUNNING, which a failing deployment never is.
+        serve._run(build_app(ARGS), name=APP_NAME, route_prefix="/", _blocking=False)
+        base = f"http://127.0.0.1:{port}"
+
+        def states() -> dict[str, str]:
+            try:
+                reply = httpx.get(f"{base}/v1/models", headers=AUTH, timeout=5)
+            except httpx.HTTPError:
+                return {}
+            if reply.status_code != 200:
+                return {}
+            return {m["id"]: m.get("state", "") for m in reply.json()["data"]}
+
+        wait_for(
+            lambda: states() == {"good:1": "ready", "broken:1": "failed"},
+            timeout_s=120,
+            interval_s=0.5,
+            what="good:1 ready and broken:1 failed",
+        )
+        yield base
+
+
+def test_failed_model_is_listed_as_failed_while_the_other_serves(url: str) -> None:
+    models = httpx.get(f"{url}/v1/models", headers=AUTH).json()["data"]
+    broken = next(m for m in models if m["id"] == "broken:1")
+    assert broken["state"] == "failed"
+    tags = httpx.get(f"{url}/api/tags", headers=AUTH).json()["models"]
+    assert {t["name"]: t.get("state") for t in tags} == {"good:1": "ready", "broken:1": "failed"}
+
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=OPEN_KEY, max_retries=0, timeout=30) as client:
+        reply = client.chat.completions.create(model="good:1", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3 "
+        with pytest.raises(openai.InternalServerError) as raised:
+            client.chat.completions.create(model="broken:1", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 503
+    assert raised.value.body["code"] == "model_unavailable"  # type: ignore[index]
+    assert "failed to start" in raised.value.body["message"]  # type: ignore[index]
+
+    started = time.monotonic()
+    reply = httpx.post(
+        f"{url}/api/chat",
+        json={"model": "broken:1", "messages": [{"role": "user", "content": "hi"}]},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert reply.status_code == 503
+    assert set(reply.json()) == {"error"} and "failed to start" in reply.json()["error"]
+    assert time.monotonic() - started < 10  # answered at once, not queued behind Serve
+
+
+def test_key_limits_hold_across_ingress_replicas(url: str) -> None:
+    headers = {"authorization": f"Bearer {LIMITED_KEY}"}
+    replies = [httpx.get(f"{url}/v1/models", headers=headers, timeout=10) for _ in range(2 * RPM_BURST + 2)]
+    statuses = [r.status_code for r in replies]
+    # Two ingress replicas with their own books would let up to twice the burst through.
+    assert statuses.count(200) == RPM_BURST, statuses
+    refused = [r for r in replies if r.status_code == 429]
+    assert refused and all(r.json()["error"]["code"] == "rate_limit_exceeded" for r in refused)
+    assert all(float(r.headers["retry-after-ms"]) > 0 for r in refused)
+
+
+def test_metrics_under_ray(url: str) -> None:
+    for _ in range(4):  # reach both ingress replicas
+        httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "good:1", "messages": [{"role": "user", "content": "hi"}]},
+            headers=AUTH,
+            timeout=30,
+        ).raise_for_status()
+    reply = httpx.get(f"{url}/metrics", headers=AUTH, timeout=10)
+    assert reply.status_code == 200
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+    served = sum(
+        v for (name, labels), v in samples.items()
+        if name == "llm_requests_total" and ("model", "good:1") in labels and ("status", "200") in labels
+    )
+    assert served >= 1  # this replica's share
+    assert OPEN_KEY not in reply.text and LIMITED_KEY not in reply.text
