@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,6 +15,17 @@ from deployments.ray_metrics import RayMetricsMirror
 from serve_app.app import create_app
 from serve_app.internal_types import ModelCard
 from serve_app.settings import IngressSettings
+
+
+def _route_usage_log_to_serve_logs() -> None:
+    """Write ``serve_app.usage`` lines through Serve's replica log handlers (file and stderr)."""
+    usage = logging.getLogger("serve_app.usage")
+    if usage.handlers:
+        return
+    usage.setLevel(logging.INFO)
+    for handler in logging.getLogger("ray.serve").handlers:
+        usage.addHandler(handler)
+    usage.propagate = False
 
 
 @serve.deployment(name="Ingress")
@@ -32,7 +44,11 @@ class Ingress:
         self._cards = [ModelCard.model_validate(c) for c in cards]
         # Settings are read here, in the replica, so LLM_* secrets come from its environment.
         self._settings = IngressSettings(**{"echo_request_id": False, **settings})
-        app_name = serve.get_replica_context().app_name
+        if self._settings.usage_log:
+            _route_usage_log_to_serve_logs()
+        context = serve.get_replica_context()
+        app_name = context.app_name
+        self._replica = context.replica_id.unique_id
         self._backend = RayBackend(
             handles,
             self._cards,
@@ -49,5 +65,5 @@ class Ingress:
             self._cards,
             self._settings,
             limiter=self._limiter,
-            metrics_mirror=RayMetricsMirror(),
+            metrics_mirror=RayMetricsMirror(replica=self._replica),
         )

@@ -66,6 +66,9 @@ class RayBackend:
         self._retry_after = str(max(1, round(retry_after_s)))
         self._status_ttl_s = status_ttl_s
         self._status_cache: tuple[float, list[ModelStatus]] | None = None
+        # Models whose deployment gave up (DEPLOY_FAILED): refused at once. An UNHEALTHY one is
+        # listed as failed too, but Serve is replacing its replica, so requests wait for it.
+        self._deploy_failed: dict[str, str] = {}
         self._status_lock = asyncio.Lock()
 
     def _translate(self, exc: BaseException, model: str, started: bool) -> ServingError | None:
@@ -93,13 +96,13 @@ class RayBackend:
         return None
 
     async def _refuse_if_failed(self, model: str) -> None:
-        """503 at once for a model whose deployment failed (Serve would queue the request)."""
-        for status in await self.list_models():
-            if status.card.name == model and status.state == "failed":
-                raise ModelUnavailable(
-                    f"model '{model}' failed to start: {status.message or 'unknown error'}",
-                    headers={"retry-after": self._retry_after},
-                )
+        """503 at once for a model whose deployment failed to start (Serve would queue it)."""
+        await self.list_models()  # refreshes the failed set at most once a second
+        if model in self._deploy_failed:
+            raise ModelUnavailable(
+                f"model '{model}' failed to start: {self._deploy_failed[model] or 'unknown error'}",
+                headers={"retry-after": self._retry_after},
+            )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         handle = self._stream_handles.get(request.model)
@@ -163,11 +166,15 @@ class RayBackend:
             logger.exception("could not read Serve status")
             deployments = {}
         statuses = []
+        deploy_failed = {}
         for name, card in self._cards.items():
             overview = deployments.get(self._deployment_names[name])
             if overview is None:
                 statuses.append(ModelStatus(card=card, state="starting", replicas=0))
                 continue
             state, replicas, message = _state_of(overview)
+            if state == "failed" and str(getattr(overview.status, "value", overview.status)) == "DEPLOY_FAILED":
+                deploy_failed[name] = message or ""
             statuses.append(ModelStatus(card=card, state=state, replicas=replicas, message=message))
+        self._deploy_failed = deploy_failed
         return statuses

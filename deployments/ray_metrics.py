@@ -4,7 +4,8 @@ Every ingress replica records into its own Prometheus registry (``GET /metrics``
 the replica that serves the scrape); this mirror sends the same observations to Ray, whose
 per-node metrics agents Prometheus scrapes for the whole cluster. Ray prefixes names with
 ``ray_`` (``ray_llm_requests_total``, ``ray_llm_time_to_first_token_seconds_bucket``...) and
-adds its own tags (``SessionName``, ``NodeAddress``...).
+adds its own tags (``SessionName``, ``NodeAddress``...); the mirror adds ``replica`` so that
+replicas sharing a node never overwrite each other's gauges.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ logger = logging.getLogger("ray.serve")
 class RayMetricsMirror:
     """Implements :class:`serve_app.metrics.MetricsMirror` with Ray's Counter/Gauge/Histogram."""
 
-    def __init__(self) -> None:
+    def __init__(self, replica: str = "") -> None:
+        self._replica = replica
         self._metrics: dict[str, ray_metrics.Counter | ray_metrics.Gauge | ray_metrics.Histogram] = {}
         # Ray gauges are set, not incremented: keep the running values here.
         self._gauge_values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -33,14 +35,16 @@ class RayMetricsMirror:
         for spec in specs:
             if spec.name in self._metrics:
                 continue
+            tag_keys = (*spec.labels, "replica")
             if spec.kind == "counter":
                 metric: ray_metrics.Counter | ray_metrics.Gauge | ray_metrics.Histogram = ray_metrics.Counter(
-                    spec.name, spec.description, spec.labels
+                    spec.name, spec.description, tag_keys
                 )
             elif spec.kind == "gauge":
-                metric = ray_metrics.Gauge(spec.name, spec.description, spec.labels)
+                metric = ray_metrics.Gauge(spec.name, spec.description, tag_keys)
             else:
-                metric = ray_metrics.Histogram(spec.name, spec.description, list(spec.buckets), spec.labels)
+                metric = ray_metrics.Histogram(spec.name, spec.description, list(spec.buckets), tag_keys)
+            metric.set_default_tags({"replica": self._replica})
             self._metrics[spec.name] = metric
 
     def inc(self, spec: MetricSpec, labels: dict[str, str], amount: float = 1.0) -> None:
