@@ -26,7 +26,7 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,63}$"
 class ApiKeyConfig(BaseModel):
     """One key as configured: its secret, its name, its limits and the models it may use."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     name: str = Field(pattern=_NAME, description="Shown in metrics and usage logs instead of the key.")
     key: SecretStr = Field(min_length=1)

@@ -25,7 +25,8 @@ def _split_csv(value: object) -> object:
 class IngressSettings(BaseSettings):
     """Everything the HTTP layer needs to know."""
 
-    model_config = SettingsConfigDict(env_prefix="LLM_", extra="forbid")
+    # Inputs stay out of validation errors: they may hold API keys.
+    model_config = SettingsConfigDict(env_prefix="LLM_", extra="forbid", hide_input_in_errors=True)
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,

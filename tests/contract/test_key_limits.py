@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from deployments.engines.fake import FakeEngineConfig
 from serve_app.keys import KeysFileError
@@ -252,3 +253,10 @@ def test_no_key_material_in_logs_or_metrics(caplog: pytest.LogCaptureFixture) ->
         assert secret not in metrics
     assert 'key="team-a"' in metrics and 'limit="requests_per_minute"' in metrics
     assert "team-b" in logged
+
+
+def test_settings_errors_never_show_keys() -> None:
+    with pytest.raises(ValidationError) as raised:
+        IngressSettings(keys=[{"key": KEY_A}])  # no name
+    assert "keys.0.name" in str(raised.value)
+    assert KEY_A not in str(raised.value)
