@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,22 @@ def plots(result: dict[str, Any], folder: Path) -> list[Path]:
     fig, axes = plt.subplots(len(workloads), 2, figsize=(11, 3.6 * len(workloads)), squeeze=False)
     for i, workload in enumerate(workloads):
         for target in sorted({r["target"] for r in rows if r["workload"] == workload}):
-            points = sorted((r["concurrency"], r) for r in rows if r["workload"] == workload and r["target"] == target)
-            xs = [c for c, _ in points]
-            axes[i][0].plot(xs, [r["output_tokens_per_s"] for _, r in points], "o-", label=target)
+            mine = [r for r in rows if r["workload"] == workload and r["target"] == target]
+            xs = sorted({r["concurrency"] for r in mine})
+
+            def median(level: int, *path: str, runs: list[dict[str, Any]] = mine) -> float:
+                values = []
+                for r in runs:
+                    if r["concurrency"] == level:
+                        value: Any = r
+                        for key in path:
+                            value = value[key]
+                        values.append(value or 0.0)
+                return statistics.median(values)
+
+            axes[i][0].plot(xs, [median(x, "output_tokens_per_s") for x in xs], "o-", label=target)
             for pct, style in (("p50", "o-"), ("p99", "x--")):
-                axes[i][1].plot(xs, [(r["ttft_s"][pct] or 0) * 1000 for _, r in points], style, label=f"{target} TTFT {pct}")
+                axes[i][1].plot(xs, [median(x, "ttft_s", pct) * 1000 for x in xs], style, label=f"{target} TTFT {pct}")
         axes[i][0].set(title=f"{workload}: throughput", xlabel="concurrent streams", ylabel="output tokens/s")
         axes[i][1].set(title=f"{workload}: time to first token", xlabel="concurrent streams", ylabel="ms")
         for ax in axes[i]:

@@ -76,7 +76,7 @@ def serve_stack(config: Path, port: int, log: Path, timeout_s: float = 600, env:
 
     cfg = write_config(config, set_port, log.with_suffix(".yaml"))
     with _process([str(VENV_BIN / "serve"), "run", str(cfg)], f"http://127.0.0.1:{port}", log,
-                  {"RAY_AUTH_MODE": "disabled", **(env or {})}, timeout_s) as url:
+                  {"RAY_AUTH_MODE": "disabled", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **(env or {})}, timeout_s) as url:
         yield url
 
 

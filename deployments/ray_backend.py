@@ -69,6 +69,7 @@ class RayBackend:
         # Models whose deployment gave up (DEPLOY_FAILED): refused at once. An UNHEALTHY one is
         # listed as failed too, but Serve is replacing its replica, so requests wait for it.
         self._deploy_failed: dict[str, str] = {}
+        self._background: set[asyncio.Task[object]] = set()
         self._status_lock = asyncio.Lock()
 
     def _translate(self, exc: BaseException, model: str, started: bool) -> ServingError | None:
@@ -96,8 +97,18 @@ class RayBackend:
         return None
 
     async def _refuse_if_failed(self, model: str) -> None:
-        """503 at once for a model whose deployment failed to start (Serve would queue it)."""
-        await self.list_models()  # refreshes the failed set at most once a second
+        """503 at once for a model whose deployment failed to start (Serve would queue it).
+
+        Never waits for the controller on the request path: it reads the last known statuses
+        and, when they are stale, refreshes them in the background (reading Serve's status
+        takes tens of milliseconds, which would land on every request's time to first token).
+        """
+        if self._status_cache is None:
+            await self.list_models()
+        elif time.monotonic() - self._status_cache[0] >= self._status_ttl_s and not self._status_lock.locked():
+            task = asyncio.create_task(self.list_models())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if model in self._deploy_failed:
             raise ModelUnavailable(
                 f"model '{model}' failed to start: {self._deploy_failed[model] or 'unknown error'}",

@@ -35,6 +35,11 @@ def local_ray(num_cpus: int = 8, **init_kwargs: Any) -> Iterator[int]:
     Logical CPUs exceed the 2 real cores so fractional replicas all fit (FACTS.md).
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The cluster runs as in production (Makefile, config files, k8s image): Serve's
+    # throughput-optimised mode, inherited by the processes ray.init starts. This test process
+    # read Serve's constants at import without it, so its handles (engine_stats, called from
+    # threads) keep their router on a separate loop.
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     port = free_port()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **init_kwargs)
     try:
