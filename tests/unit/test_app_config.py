@@ -78,3 +78,15 @@ def test_serve_options_carry_autoscaling_placement_and_backpressure() -> None:
         "accelerator_type": "H100",
     }
     assert options["backpressure_config"] == {"status_code": 429, "retry_after_s": 3}
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config.gpu.yaml", "config.fake.yaml"])
+def test_every_config_file_is_a_valid_serve_config_with_valid_args(name: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    document = yaml.safe_load((REPO / name).read_text())
+    schema = ServeDeploySchema.model_validate(document) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(document)
+    (app,) = schema.applications
+    assert app.import_path == "deployments.app:build_app"
+    assert app.runtime_env["env_vars"]["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    validate_config(document["applications"][0]["args"])
