@@ -92,7 +92,7 @@ def cpu_suite(work: Path, stack: ExitStack, gpu: bool = False) -> tuple[dict[str
         requests = max(2 * level, 8)
         scenarios.append(Scenario(f"chat-{level}", Workload("short chat", "openai", "smollm2:135m"), level, requests, ["A", "B"]))
         scenarios.append(Scenario(f"ollama-{level}", Workload("short chat", "ollama", "smollm2:135m"), level, requests, ["B-ollama"]))
-    scenarios.append(Scenario("long-prompt-4", Workload("long prompt", "openai", "smollm2:135m", prompt_words=1200, max_tokens=32), 4, 8, ["A", "B"]))
+    scenarios.append(Scenario("long-prompt-4", Workload("long prompt", "openai", "smollm2:135m", prompt_words=600, max_tokens=32), 4, 8, ["A", "B"]))
     scenarios.append(Scenario("embeddings-4", Workload("embeddings batch", "openai-embeddings", "all-minilm:l6-v2"), 4, 16, ["B"]))
     return urls, scenarios
 
