@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("suite", choices=["fake", "cpu", "gpu"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", default="", help="comma-separated scenario names to run (default: all)")
     options = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = options.out / f"{stamp}-{options.suite}"
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             urls, scenarios = fake_suite(work, stack)
         else:
             urls, scenarios = cpu_suite(work, stack, gpu=options.suite == "gpu")
+        if options.only:
+            scenarios = [s for s in scenarios if s.name in options.only.split(",")]
         rows = run_scenarios(urls, scenarios, options.repeats)
     result = {"suite": options.suite, "date": stamp, "rows": rows, "ratios": ratios(options.suite, rows)}
     (work / "results.json").write_text(json.dumps(result, indent=2))
