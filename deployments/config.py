@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serve_app.internal_types import ModelCard
-from serve_app.model_names import ModelResolver
+from serve_app.core.internal_types import ModelCard
+from serve_app.core.model_names import ModelResolver
 
 
 class _Strict(BaseModel):

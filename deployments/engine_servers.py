@@ -16,7 +16,7 @@ from ray import serve
 
 from deployments.chunk_grouping import group_chunks
 from deployments.engines.registry import build_engine
-from serve_app.internal_types import (
+from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,

@@ -13,7 +13,7 @@ from deployments.ray_backend import RayBackend
 from deployments.ray_limits import RayLimiter
 from deployments.ray_metrics import RayMetricsMirror
 from serve_app.app import create_app
-from serve_app.internal_types import ModelCard
+from serve_app.core.internal_types import ModelCard
 from serve_app.settings import IngressSettings
 
 

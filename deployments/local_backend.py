@@ -1,4 +1,4 @@
-"""A :class:`serve_app.backend.Backend` over in-process engines, without Ray.
+"""A :class:`serve_app.core.backend.Backend` over in-process engines, without Ray.
 
 Used by the fast tests, by ``make run-fake`` style local serving, and by the benchmark that
 isolates what Ray Serve adds (our ingress in-process versus through the graph).
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 from deployments.engines.base import Engine
-from serve_app.errors import ModelNotFound, ModelUnavailable
-from serve_app.internal_types import (
+from serve_app.core.errors import ModelNotFound, ModelUnavailable
+from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,

@@ -1,4 +1,4 @@
-"""The :class:`serve_app.backend.Backend` of the ingress deployment: Ray Serve handles.
+"""The :class:`serve_app.core.backend.Backend` of the ingress deployment: Ray Serve handles.
 
 Maps Serve's own failures to our errors: back-pressure to 429 with ``Retry-After``, an
 unavailable deployment to 503, a replica dying mid-stream to an in-band engine error.
@@ -18,8 +18,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.errors import EngineError, ModelNotFound, ModelUnavailable, Overloaded, ServingError
-from serve_app.internal_types import (
+from serve_app.core.errors import EngineError, ModelNotFound, ModelUnavailable, Overloaded, ServingError
+from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,

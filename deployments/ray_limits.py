@@ -15,8 +15,8 @@ import time
 import ray
 from ray.actor import ActorHandle
 
-from serve_app.keys import KeyLimits
-from serve_app.limits import Admission, LimitBook
+from serve_app.edge.keys import KeyLimits
+from serve_app.edge.limits import Admission, LimitBook
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,7 +43,7 @@ def actor_name(app_name: str) -> str:
 
 
 class RayLimiter:
-    """Implements :class:`serve_app.limits.Limiter` over the shared :class:`KeyLimitsActor`."""
+    """Implements :class:`serve_app.edge.limits.Limiter` over the shared :class:`KeyLimitsActor`."""
 
     def __init__(self, app_name: str, lease_ttl_s: float) -> None:
         self._name = actor_name(app_name)

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 from ray.util import metrics as ray_metrics
 
-from serve_app.metrics import MetricSpec
+from serve_app.edge.metrics import MetricSpec
 
 logger = logging.getLogger("ray.serve")
 
 
 class RayMetricsMirror:
-    """Implements :class:`serve_app.metrics.MetricsMirror` with Ray's Counter/Gauge/Histogram."""
+    """Implements :class:`serve_app.edge.metrics.MetricsMirror` with Ray's Counter/Gauge/Histogram."""
 
     def __init__(self, replica: str = "") -> None:
         self._replica = replica

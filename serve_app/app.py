@@ -17,24 +17,31 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-from serve_app.accounting import Accounting
-from serve_app.backend import Backend
-from serve_app.edge import METRICS_PATH, OPEN_PATHS, EdgeMiddleware, context_of, render_error_body, request_id_of
-from serve_app.error_rendering import error_headers
-from serve_app.errors import (
+from serve_app.apis.ollama.routes import build_ollama_router
+from serve_app.apis.openai.routes import build_openai_router
+from serve_app.core.backend import Backend
+from serve_app.core.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     ServingError,
 )
-from serve_app.gateway import Gateway
-from serve_app.internal_types import ModelCard
-from serve_app.limits import InProcessLimiter, Limiter
-from serve_app.metrics import CONTENT_TYPE, MetricsMirror, ServingMetrics
-from serve_app.ollama.routes import build_ollama_router
-from serve_app.openai.routes import build_openai_router
+from serve_app.core.gateway import Gateway
+from serve_app.core.internal_types import ModelCard
+from serve_app.edge.accounting import Accounting
+from serve_app.edge.limits import InProcessLimiter, Limiter
+from serve_app.edge.metrics import CONTENT_TYPE, MetricsMirror, ServingMetrics
+from serve_app.edge.middleware import (
+    METRICS_PATH,
+    OPEN_PATHS,
+    EdgeMiddleware,
+    context_of,
+    render_error_body,
+    request_id_of,
+)
 from serve_app.settings import IngressSettings
-from serve_app.validation_errors import validation_error_to_invalid_request
+from serve_app.transport.error_rendering import error_headers
+from serve_app.transport.validation_errors import validation_error_to_invalid_request
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +131,12 @@ def create_app(
     app's own Prometheus registry (Ray's metrics export under Serve).
     """
     settings = settings or IngressSettings()
-    gateway = Gateway(backend, cards, settings)
+    gateway = Gateway(
+        backend,
+        cards,
+        request_deadline_s=settings.request_deadline_s,
+        max_embedding_inputs=settings.max_embedding_inputs,
+    )
     keyring = settings.load_keyring(gateway.resolver.resolve)
     metrics = ServingMetrics(metrics_mirror)
     accounting = Accounting(
@@ -160,8 +172,8 @@ def create_app(
             name=f"root_{method.lower()}",
         )
 
-    app.include_router(build_openai_router(gateway))
-    app.include_router(build_ollama_router(gateway))
+    app.include_router(build_openai_router(gateway, max_n=settings.max_n))
+    app.include_router(build_ollama_router(gateway, ollama_version=settings.ollama_version))
 
     app.add_middleware(
         EdgeMiddleware,

@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from serve_app.keys import ApiKey, ApiKeyConfig, build_keyring, load_keys_file
+from serve_app.edge.keys import ApiKey, ApiKeyConfig, build_keyring, load_keys_file
 
 
 def _split_csv(value: object) -> object:

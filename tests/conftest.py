@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from deployments.engines.fake import FakeEngine, FakeEngineConfig
 from deployments.local_backend import LocalBackend
 from serve_app.app import create_app
-from serve_app.internal_types import ModelCard
+from serve_app.core.internal_types import ModelCard
 from serve_app.settings import IngressSettings
 from tests.servers import serve_in_thread
 

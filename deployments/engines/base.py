@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from serve_app.internal_types import (
+from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,
@@ -31,7 +31,7 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks for ``request``.
 
-        Raises :class:`serve_app.errors.ServingError` subclasses for bad requests (before
+        Raises :class:`serve_app.core.errors.ServingError` subclasses for bad requests (before
         any chunk) and engine failures. Closing the iterator early aborts the request.
         """
         ...

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from serve_app.errors import ContextLengthExceeded, EngineError, InvalidRequest
-from serve_app.internal_types import (
+from serve_app.core.errors import ContextLengthExceeded, EngineError, InvalidRequest
+from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,

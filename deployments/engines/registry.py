@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from deployments.engines.base import Engine
-from serve_app.internal_types import ModelCard
+from serve_app.core.internal_types import ModelCard
 
 
 def engine_config_model(kind: str, model_kind: str) -> type[BaseModel]:

@@ -7,7 +7,7 @@ outputs (``response_format`` json_object / json_schema) and logit bias come from
 ``to_sampling_params``; tool calls and reasoning are split out of the stream by vLLM's
 ``ParserManager`` parsers (``tool_call_parser`` / ``reasoning_parser`` of the engine config).
 This package only translates between our internal types and vLLM's, checks the context length
-before a request reaches the engine, and maps vLLM's exceptions onto :mod:`serve_app.errors`.
+before a request reaches the engine, and maps vLLM's exceptions onto :mod:`serve_app.core.errors`.
 
 This module holds the engines and their shared start/stop plumbing; the rest is split out:
 :mod:`deployments.engines.vllm_config` (:class:`VLLMEngineConfig`, re-exported here),
@@ -43,7 +43,7 @@ from deployments.engines.vllm_requests import (
     translate_vllm_error,
 )
 from deployments.model_sources import resolve_model_source
-from serve_app.errors import (
+from serve_app.core.errors import (
     ContextLengthExceeded,
     EngineError,
     InvalidRequest,
@@ -51,7 +51,7 @@ from serve_app.errors import (
     ServingError,
     Unsupported,
 )
-from serve_app.internal_types import (
+from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,

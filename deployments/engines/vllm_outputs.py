@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deployments.engines.vllm_requests import Prepared
-from serve_app.errors import EngineError
-from serve_app.internal_types import FinishReason, GenerationChunk, TokenLogprob, ToolCallDelta, Usage
+from serve_app.core.errors import EngineError
+from serve_app.core.internal_types import FinishReason, GenerationChunk, TokenLogprob, ToolCallDelta, Usage
 
 
 @dataclass

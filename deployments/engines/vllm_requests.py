@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve_app.errors import (
+from serve_app.core.errors import (
     ContextLengthExceeded,
     EngineError,
     InvalidRequest,
@@ -25,7 +25,7 @@ from serve_app.errors import (
     ServingError,
     Unsupported,
 )
-from serve_app.internal_types import ChatMessage, GenerationRequest
+from serve_app.core.internal_types import ChatMessage, GenerationRequest
 
 # -- errors ----------------------------------------------------------------------------------
 

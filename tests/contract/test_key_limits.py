@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from deployments.engines.fake import FakeEngineConfig
-from serve_app.keys import KeysFileError
+from serve_app.edge.keys import KeysFileError
 from serve_app.settings import IngressSettings
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, VISION_MODEL, build_fake_app
 from tests.servers import serve_in_thread

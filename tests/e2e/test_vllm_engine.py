@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from serve_app.errors import ContextLengthExceeded, EngineError, InvalidRequest, Unsupported
-from serve_app.internal_types import (
+from serve_app.core.errors import ContextLengthExceeded, EngineError, InvalidRequest, Unsupported
+from serve_app.core.internal_types import (
     ChatMessage,
     EmbeddingRequest,
     GenerationChunk,

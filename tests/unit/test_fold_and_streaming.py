@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from serve_app.backend import fold_chunks
-from serve_app.errors import EngineError, InvalidRequest
-from serve_app.internal_types import ChoiceResult, GenerationChunk, TokenLogprob, ToolCallDelta, Usage
-from serve_app.streaming import as_engine_error, merge_streams, peek_first, stream_frames
+from serve_app.core.backend import fold_chunks
+from serve_app.core.errors import EngineError, InvalidRequest
+from serve_app.core.internal_types import ChoiceResult, GenerationChunk, TokenLogprob, ToolCallDelta, Usage
+from serve_app.core.streams import merge_streams, peek_first
+from serve_app.transport.streaming import as_engine_error, stream_frames
 
 
 def test_fold_chunks_golden() -> None:

@@ -6,8 +6,7 @@ import pickle
 
 import pytest
 
-from serve_app.error_rendering import error_headers, ollama_error_body, openai_error_body
-from serve_app.errors import (
+from serve_app.core.errors import (
     AuthenticationFailed,
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -23,7 +22,8 @@ from serve_app.errors import (
     ServingError,
     Unsupported,
 )
-from serve_app.framing import NDJSON_MEDIA_TYPE, SSE_DONE, SSE_MEDIA_TYPE, ndjson_line, sse_frame, to_json
+from serve_app.transport.error_rendering import error_headers, ollama_error_body, openai_error_body
+from serve_app.transport.framing import NDJSON_MEDIA_TYPE, SSE_DONE, SSE_MEDIA_TYPE, ndjson_line, sse_frame, to_json
 
 
 @pytest.mark.parametrize(

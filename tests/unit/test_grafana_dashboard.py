@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from serve_app.metrics import ALL_METRICS
+from serve_app.edge.metrics import ALL_METRICS
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "k8s" / "grafana-dashboard.json"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.internal_types import GenerationChunk
-from serve_app.keys import KeyLimits, KeysFileError, build_keyring, parse_keys_text
-from serve_app.limits import LimitBook, TokenBucket, retry_after_headers
-from serve_app.request_context import RequestContext
+from serve_app.core.internal_types import GenerationChunk
+from serve_app.edge.keys import KeyLimits, KeysFileError, build_keyring, parse_keys_text
+from serve_app.edge.limits import LimitBook, TokenBucket, retry_after_headers
+from serve_app.edge.request_context import RequestContext
 
 
 def test_bucket_refills_at_rate_up_to_capacity() -> None:

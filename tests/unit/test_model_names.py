@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.errors import ModelNotFound
-from serve_app.internal_types import ModelCard
-from serve_app.model_names import ModelResolver, normalize_model_name
+from serve_app.core.errors import ModelNotFound
+from serve_app.core.internal_types import ModelCard
+from serve_app.core.model_names import ModelResolver, normalize_model_name
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from serve_app.errors import InvalidRequest
-from serve_app.internal_types import (
+from serve_app.apis.ollama import adapter
+from serve_app.apis.ollama import schemas as wire
+from serve_app.core.errors import InvalidRequest
+from serve_app.core.internal_types import (
     ChoiceResult,
     GenerationChunk,
     GenerationResult,
@@ -19,8 +21,6 @@ from serve_app.internal_types import (
     ToolCallDelta,
     Usage,
 )
-from serve_app.ollama import adapter
-from serve_app.ollama import schemas as wire
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0fake").decode()

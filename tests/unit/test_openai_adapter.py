@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from serve_app.errors import InvalidRequest, Unsupported
-from serve_app.internal_types import (
+from serve_app.apis.openai import adapter
+from serve_app.apis.openai import schemas as wire
+from serve_app.core.errors import InvalidRequest, Unsupported
+from serve_app.core.internal_types import (
     ChoiceResult,
     EmbeddingResult,
     GenerationChunk,
@@ -21,8 +23,6 @@ from serve_app.internal_types import (
     ToolCallDelta,
     Usage,
 )
-from serve_app.openai import adapter
-from serve_app.openai import schemas as wire
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 

@@ -8,9 +8,9 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from serve_app.ollama import schemas as ollama_wire
-from serve_app.openai import schemas as openai_wire
-from serve_app.validation_errors import param_of_location, validation_error_to_invalid_request
+from serve_app.apis.ollama import schemas as ollama_wire
+from serve_app.apis.openai import schemas as openai_wire
+from serve_app.transport.validation_errors import param_of_location, validation_error_to_invalid_request
 
 
 @pytest.mark.parametrize(

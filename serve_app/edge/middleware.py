@@ -19,13 +19,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.accounting import Accounting
-from serve_app.error_rendering import error_headers, ollama_error_body, openai_error_body
-from serve_app.errors import AuthenticationFailed, PayloadTooLarge, RateLimited, ServingError
-from serve_app.internal_types import new_request_id
-from serve_app.keys import ApiKey
-from serve_app.limits import retry_after_headers
-from serve_app.request_context import RequestContext, reset_current, set_current
+from serve_app.core.errors import AuthenticationFailed, PayloadTooLarge, RateLimited, ServingError
+from serve_app.core.internal_types import new_request_id
+from serve_app.core.observation import reset_observer, set_observer
+from serve_app.edge.accounting import Accounting
+from serve_app.edge.keys import ApiKey
+from serve_app.edge.limits import retry_after_headers
+from serve_app.edge.request_context import RequestContext
+from serve_app.transport.error_rendering import error_headers, ollama_error_body, openai_error_body
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class EdgeMiddleware:
         if ctx is None:
             await self.app(scope, limited_receive, send_with_request_id)
             return
-        token = set_current(ctx)
+        token = set_observer(ctx)
         self.accounting.start(ctx)
         try:
             await self.app(scope, limited_receive, send_with_request_id)
@@ -219,7 +220,7 @@ class EdgeMiddleware:
                 ctx.status, ctx.response_complete = 500, True
             raise
         finally:
-            reset_current(token)
+            reset_observer(token)
             route = scope.get("route")
             ctx.route = getattr(route, "path", None) or self._route_of(scope)
             await self.accounting.finish(ctx, started=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from serve_app.errors import ModelNotFound
-from serve_app.internal_types import ModelCard
+from serve_app.core.errors import ModelNotFound
+from serve_app.core.internal_types import ModelCard
 
 
 def normalize_model_name(name: str) -> str:

@@ -9,8 +9,9 @@ import struct
 import time
 from typing import Any
 
-from serve_app.errors import InvalidRequest, Unsupported
-from serve_app.internal_types import (
+from serve_app.apis.openai import schemas as wire
+from serve_app.core.errors import InvalidRequest, Unsupported
+from serve_app.core.internal_types import (
     ChatMessage,
     ChoiceResult,
     ContentPart,
@@ -30,7 +31,6 @@ from serve_app.internal_types import (
     Usage,
     new_request_id,
 )
-from serve_app.openai import schemas as wire
 
 _DATA_URL = re.compile(r"^data:(?P<media>image/[\w.+\-]+);base64,(?P<data>.*)$", re.DOTALL)
 

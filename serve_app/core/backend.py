@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol, runtime_checkable
 
-from serve_app.internal_types import (
+from serve_app.core.internal_types import (
     ChoiceResult,
     EmbeddingRequest,
     EmbeddingResult,

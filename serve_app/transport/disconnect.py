@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from serve_app.errors import ClientDisconnected
+from serve_app.core.errors import ClientDisconnected
 
 T = TypeVar("T")
 

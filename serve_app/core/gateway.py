@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from serve_app.backend import Backend, fold_chunks
-from serve_app.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Unsupported
-from serve_app.internal_types import (
+from serve_app.core.backend import Backend, fold_chunks
+from serve_app.core.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Unsupported
+from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,
@@ -20,10 +20,9 @@ from serve_app.internal_types import (
     ModelCard,
     ModelStatus,
 )
-from serve_app.model_names import ModelResolver
-from serve_app.request_context import current_context, observed
-from serve_app.settings import IngressSettings
-from serve_app.streaming import collect, peek_first, with_deadline
+from serve_app.core.model_names import ModelResolver
+from serve_app.core.observation import current_observer
+from serve_app.core.streams import collect, peek_first, with_deadline
 
 Batch = list[GenerationChunk]
 
@@ -31,9 +30,17 @@ Batch = list[GenerationChunk]
 class Gateway:
     """The API-neutral core of the ingress."""
 
-    def __init__(self, backend: Backend, cards: list[ModelCard], settings: IngressSettings) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        cards: list[ModelCard],
+        *,
+        request_deadline_s: float,
+        max_embedding_inputs: int,
+    ) -> None:
         self.backend = backend
-        self.settings = settings
+        self.request_deadline_s = request_deadline_s
+        self.max_embedding_inputs = max_embedding_inputs
         self.cards = {card.name: card for card in cards}
         self.resolver = ModelResolver(cards)
 
@@ -41,14 +48,14 @@ class Gateway:
         """The card of the model a client named (any accepted spelling).
 
         404 if unknown, and likewise if the request's key may not use it (so a key cannot
-        probe which models exist). Notes the model in the request's context.
+        probe which models exist). Notes the model with the request's observer.
         """
         name = self.resolver.resolve(requested_model)
-        ctx = current_context()
-        if ctx is not None:
-            if ctx.key is not None and not ctx.key.may_use(name):
+        observer = current_observer()
+        if observer is not None:
+            if not observer.may_use(name):
                 raise ModelNotFound(requested_model or "")
-            ctx.model = name
+            observer.note_model(name)
         return self.cards[name]
 
     # -- checks -----------------------------------------------------------------------------
@@ -107,19 +114,18 @@ class Gateway:
     def start_generation(self, request: GenerationRequest) -> AsyncIterator[Batch]:
         """The backend's stream under our generation deadline, observed for the request's metrics."""
         request.submitted_at = time.time()
-        stream = with_deadline(self.backend.generate(request), self.settings.request_deadline_s)
-        return observed(stream, current_context())
+        stream = with_deadline(self.backend.generate(request), self.request_deadline_s)
+        observer = current_observer()
+        return stream if observer is None else observer.observe(stream)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed after checking the request against the model's card."""
-        if len(request.inputs) > self.settings.max_embedding_inputs:
-            raise InvalidRequest(
-                f"at most {self.settings.max_embedding_inputs} inputs per request", param="input"
-            )
+        if len(request.inputs) > self.max_embedding_inputs:
+            raise InvalidRequest(f"at most {self.max_embedding_inputs} inputs per request", param="input")
         result = await self.backend.embed(request)
-        ctx = current_context()
-        if ctx is not None:
-            ctx.prompt_tokens += result.prompt_tokens
+        observer = current_observer()
+        if observer is not None:
+            observer.note_prompt_tokens(result.prompt_tokens)
         return result
 
     async def require_ready(self, model: str) -> None:
@@ -136,7 +142,7 @@ class Gateway:
     async def model_statuses(self) -> list[ModelStatus]:
         """Every configured model with its state (those the request's key may use)."""
         statuses = await self.backend.list_models()
-        ctx = current_context()
-        if ctx is not None and ctx.key is not None and ctx.key.models is not None:
-            statuses = [s for s in statuses if ctx.key.may_use(s.card.name)]
+        observer = current_observer()
+        if observer is not None:
+            statuses = [s for s in statuses if observer.may_use(s.card.name)]
         return statuses

@@ -24,7 +24,7 @@ class _Wire(BaseModel):
 
 
 class Options(BaseModel):
-    """Ollama's runtime ``options``; see ``serve_app.ollama.adapter`` for what maps where."""
+    """Ollama's runtime ``options``; see ``serve_app.apis.ollama.adapter`` for what maps where."""
 
     model_config = ConfigDict(extra="allow")
 

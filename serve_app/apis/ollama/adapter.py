@@ -10,8 +10,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from serve_app.errors import InvalidRequest
-from serve_app.internal_types import (
+from serve_app.apis.ollama import schemas as wire
+from serve_app.core.errors import InvalidRequest
+from serve_app.core.internal_types import (
     ChatMessage,
     ContentPart,
     FunctionCall,
@@ -29,7 +30,6 @@ from serve_app.internal_types import (
     ToolCallDelta,
     ToolSpec,
 )
-from serve_app.ollama import schemas as wire
 
 _IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.errors import ServingError
+from serve_app.core.errors import ServingError
 
 
 def _message_with_request_id(error: ServingError, request_id: str | None) -> str:

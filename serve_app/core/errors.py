@@ -1,7 +1,7 @@
 """One exception hierarchy for every failure a client can see.
 
 Each error knows its HTTP status, OpenAI ``type``, string ``code`` and ``param``; the two
-renderers in :mod:`serve_app.error_rendering` turn it into either API's body.
+renderers in :mod:`serve_app.transport.error_rendering` turn it into either API's body.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from typing import Literal, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from serve_app.errors import DeadlineExceeded, Overloaded
-from serve_app.request_context import RequestContext
+from serve_app.core.errors import DeadlineExceeded, Overloaded
+from serve_app.edge.request_context import RequestContext
 
 MetricKind = Literal["counter", "gauge", "histogram"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST

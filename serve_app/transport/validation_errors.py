@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from serve_app.errors import InvalidRequest
+from serve_app.core.errors import InvalidRequest
 
 _NO_BODY = object()
 # The names pydantic gives union members in error locations: "str", "list[str]",

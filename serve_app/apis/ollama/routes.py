@@ -8,18 +8,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from serve_app.backend import fold_chunks
-from serve_app.disconnect import unless_disconnected
-from serve_app.edge import request_id_of
-from serve_app.error_rendering import ollama_error_body
-from serve_app.errors import PermissionDenied, ServingError
-from serve_app.framing import NDJSON_MEDIA_TYPE, ndjson_line
-from serve_app.gateway import Batch, Gateway
-from serve_app.internal_types import EmbeddingRequest, GenerationRequest, GenerationResult
-from serve_app.ollama import adapter
-from serve_app.ollama import schemas as wire
-from serve_app.streaming import collect, stream_frames, streaming_response
-from serve_app.unsupported import unsupported_headers
+from serve_app.apis.ollama import adapter
+from serve_app.apis.ollama import schemas as wire
+from serve_app.core.backend import fold_chunks
+from serve_app.core.errors import PermissionDenied, ServingError
+from serve_app.core.gateway import Batch, Gateway
+from serve_app.core.internal_types import EmbeddingRequest, GenerationRequest, GenerationResult
+from serve_app.core.streams import collect
+from serve_app.edge.middleware import request_id_of
+from serve_app.transport.disconnect import unless_disconnected
+from serve_app.transport.error_rendering import ollama_error_body
+from serve_app.transport.framing import NDJSON_MEDIA_TYPE, ndjson_line
+from serve_app.transport.streaming import stream_frames, streaming_response
+from serve_app.transport.unsupported import unsupported_headers
 
 MANAGEMENT_ROUTES: list[tuple[str, list[str]]] = [
     ("/pull", ["POST"]),
@@ -31,8 +32,8 @@ MANAGEMENT_ROUTES: list[tuple[str, list[str]]] = [
 ]
 
 
-def build_ollama_router(gateway: Gateway) -> APIRouter:
-    """The ``/api`` routes over ``gateway``."""
+def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
+    """The ``/api`` routes over ``gateway``; ``ollama_version`` is what ``/api/version`` reports."""
     router = APIRouter(prefix="/api", tags=["ollama"])
 
     async def respond(
@@ -190,7 +191,7 @@ def build_ollama_router(gateway: Gateway) -> APIRouter:
     @router.get("/version")
     async def version() -> dict[str, str]:
         """The Ollama API version we speak."""
-        return {"version": gateway.settings.ollama_version}
+        return {"version": ollama_version}
 
     for path, methods in MANAGEMENT_ROUTES:
         refusal = _management_refusal(path)

@@ -1,7 +1,8 @@
 """What the ingress learns about one request while serving it, for metrics, logs and limits.
 
-The edge creates a :class:`RequestContext` per request (and makes it current for the request's
-task); the gateway fills in the model, token counts and token times as chunks pass; the edge
+The edge creates a :class:`RequestContext` per request and makes it the current
+:class:`~serve_app.core.observation.RequestObserver` for the request's task; the gateway fills in
+the model, token counts and token times through that protocol as chunks pass; the edge
 finalizes it once, after the response is fully sent or the client went away.
 """
 
@@ -9,22 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from serve_app.errors import (
+from serve_app.core.errors import (
     ClientDisconnected,
     DeadlineExceeded,
     Overloaded,
     RateLimited,
     ServingError,
 )
-from serve_app.internal_types import GenerationChunk
-from serve_app.keys import ApiKey
+from serve_app.core.internal_types import GenerationChunk
+from serve_app.edge.keys import ApiKey
 
 Batch = list[GenerationChunk]
-
-_current: ContextVar[RequestContext | None] = ContextVar("serve_app_request_context", default=None)
 
 Outcome = str  # ok | error | rate_limited | shed | deadline | disconnected
 
@@ -68,6 +66,24 @@ class RequestContext:
     def duration_s(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()
         return end - self.started
+
+    # -- the gateway's RequestObserver protocol ------------------------------------------------
+
+    def may_use(self, model: str) -> bool:
+        """Whether the request's key (if any) may use the canonical ``model``."""
+        return self.key is None or self.key.may_use(model)
+
+    def note_model(self, model: str) -> None:
+        """The model the request resolved to (a metric label and a usage field)."""
+        self.model = model
+
+    def note_prompt_tokens(self, tokens: int) -> None:
+        """Prompt tokens counted outside a stream (embeddings)."""
+        self.prompt_tokens += tokens
+
+    def observe(self, stream: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
+        """``stream`` with its token times, usage and failure written into this context."""
+        return observed(stream, self)
 
     def record_error(self, error: BaseException) -> None:
         """Remember the first failure (the one that decided the reply)."""
@@ -127,21 +143,6 @@ class RequestContext:
         if isinstance(self.error, ServingError):
             return self.error.code
         return None if self.error is None else "internal_error"
-
-
-def current_context() -> RequestContext | None:
-    """The context of the request being served by this task, if any."""
-    return _current.get()
-
-
-def set_current(ctx: RequestContext | None) -> object:
-    """Make ``ctx`` current; returns the token to :func:`reset_current` with."""
-    return _current.set(ctx)
-
-
-def reset_current(token: object) -> None:
-    """Undo :func:`set_current`."""
-    _current.reset(token)  # type: ignore[arg-type]
 
 
 async def observed(stream: AsyncIterator[Batch], ctx: RequestContext | None) -> AsyncIterator[Batch]:

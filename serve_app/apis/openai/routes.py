@@ -9,24 +9,24 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from serve_app.disconnect import unless_disconnected
-from serve_app.edge import context_of, request_id_of
-from serve_app.error_rendering import openai_error_body
-from serve_app.errors import ServingError
-from serve_app.framing import SSE_DONE, SSE_MEDIA_TYPE, sse_frame
-from serve_app.gateway import Batch, Gateway
-from serve_app.internal_types import EmbeddingRequest, ModelCard, ModelStatus
-from serve_app.openai import adapter
-from serve_app.openai import schemas as wire
-from serve_app.request_context import timing_headers
-from serve_app.streaming import merge_streams, stream_frames, streaming_response
-from serve_app.unsupported import unsupported_headers
+from serve_app.apis.openai import adapter
+from serve_app.apis.openai import schemas as wire
+from serve_app.core.errors import ServingError
+from serve_app.core.gateway import Batch, Gateway
+from serve_app.core.internal_types import EmbeddingRequest, ModelCard, ModelStatus
+from serve_app.core.streams import merge_streams
+from serve_app.edge.middleware import context_of, request_id_of
+from serve_app.edge.request_context import timing_headers
+from serve_app.transport.disconnect import unless_disconnected
+from serve_app.transport.error_rendering import openai_error_body
+from serve_app.transport.framing import SSE_DONE, SSE_MEDIA_TYPE, sse_frame
+from serve_app.transport.streaming import stream_frames, streaming_response
+from serve_app.transport.unsupported import unsupported_headers
 
 
-def build_openai_router(gateway: Gateway) -> APIRouter:
-    """The ``/v1`` routes over ``gateway``."""
+def build_openai_router(gateway: Gateway, *, max_n: int) -> APIRouter:
+    """The ``/v1`` routes over ``gateway``; ``max_n`` is the largest accepted ``n``."""
     router = APIRouter(prefix="/v1", tags=["openai"])
-    max_n = gateway.settings.max_n
 
     @router.post("/chat/completions")
     async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response:

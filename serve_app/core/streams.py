@@ -1,23 +1,18 @@
-"""Turning a backend's chunk stream into an HTTP response, for both APIs.
+"""Helpers over streams of chunk batches, shared by every API and the gateway.
 
-The first batch is awaited before anything is sent, so a failure before the first byte gets its
-real status; a failure after it is framed in-band by the caller's ``render_error`` and the
-stream closes. Closing (client disconnect, cancellation) closes the backend stream, which aborts
-the generation.
+A backend's generation is an async iterator of batches (lists of chunks). These helpers peek its
+first batch (so failures before the first byte keep their status), collect it for non-streamed
+replies, cut it off at a deadline and merge several generations into one stream. Each closes the
+stream it was given on the way out, which aborts the generation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator
 
-from starlette.responses import StreamingResponse
-
-from serve_app.errors import DeadlineExceeded, EngineError, ServingError
-from serve_app.internal_types import GenerationChunk
-
-logger = logging.getLogger(__name__)
+from serve_app.core.errors import DeadlineExceeded
+from serve_app.core.internal_types import GenerationChunk
 
 Batch = list[GenerationChunk]
 
@@ -42,46 +37,6 @@ async def collect(stream: AsyncIterator[Batch]) -> list[GenerationChunk]:
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
     return chunks
-
-
-def as_engine_error(exc: Exception) -> ServingError:
-    """Any failure as a :class:`ServingError`, keeping ours as they are."""
-    if isinstance(exc, ServingError):
-        return exc
-    logger.exception("generation failed", exc_info=exc)
-    return EngineError(f"generation failed: {type(exc).__name__}")
-
-
-async def stream_frames(
-    first: Batch | None,
-    rest: AsyncIterator[Batch],
-    frame_batch: Callable[[Batch], Iterable[bytes]],
-    closing_frames: Callable[[], Iterable[bytes]],
-    render_error: Callable[[ServingError], bytes],
-) -> AsyncIterator[bytes]:
-    """Body of a streamed reply: framed batches, closing frames, or one in-band error frame.
-
-    Each batch becomes one write, so chunks grouped across the handle hop are sent together.
-    """
-    try:
-        if first is not None:
-            yield b"".join(frame_batch(first))
-            async for batch in rest:
-                yield b"".join(frame_batch(batch))
-        yield b"".join(closing_frames())
-    except Exception as exc:  # noqa: BLE001 - every failure after the first byte goes in-band
-        yield render_error(as_engine_error(exc))
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
-
-
-def streaming_response(body: AsyncIterator[bytes], media_type: str, headers: dict[str, str]) -> StreamingResponse:
-    """A streamed reply that proxies and load balancers do not buffer."""
-    return StreamingResponse(
-        body,
-        media_type=media_type,
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers},
-    )
 
 
 async def merge_streams(streams: list[AsyncIterator[Batch]]) -> AsyncIterator[Batch]:

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from serve_app.keys import KeyLimits
+from serve_app.edge.keys import KeyLimits
 
 # A concurrency refusal cannot know when a slot frees up; this is the hint we give.
 CONCURRENCY_RETRY_AFTER_S = 1.0

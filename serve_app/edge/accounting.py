@@ -12,9 +12,9 @@ import logging
 import time
 from typing import Any
 
-from serve_app.limits import Limiter
-from serve_app.metrics import ServingMetrics
-from serve_app.request_context import RequestContext
+from serve_app.edge.limits import Limiter
+from serve_app.edge.metrics import ServingMetrics
+from serve_app.edge.request_context import RequestContext
 
 usage_logger = logging.getLogger("serve_app.usage")
 logger = logging.getLogger(__name__)
