@@ -50,13 +50,15 @@ def validate_config(args: dict[str, Any]) -> AppConfig:
 def build_app(args: dict[str, Any]) -> Application:
     """The Serve application for ``args`` (the ``args:`` block of config.yaml)."""
     config = validate_config(args)
+    cards = config.cards()
     handles = {}
     names = {}
     for model in config.models:
         name = deployment_name(model)
         names[model.name] = name
         options = model.deployment.serve_options(config.retry_after_s)
-        common = {"card": model.card().model_dump(), "engine_kind": model.engine, "engine_args": model.engine_args}
+        card = cards[model.name]
+        common = {"card": card.model_dump(), "engine_kind": model.engine, "engine_args": model.engine_args_for(card)}
         if model.kind == "generate":
             bound = LLMServer.options(name=name, **options).bind(
                 **common, group_interval_s=config.streaming.group_interval_s
@@ -67,7 +69,7 @@ def build_app(args: dict[str, Any]) -> Application:
     ingress_options = config.ingress.deployment.serve_options(config.retry_after_s)
     return Ingress.options(name="Ingress", **ingress_options).bind(
         handles,
-        [m.card().model_dump() for m in config.models],
+        [card.model_dump() for card in cards.values()],
         names,
         config.ingress.settings,
         config.retry_after_s,

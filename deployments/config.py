@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deployments.model_facts import ModelFacts, describe_source
+from deployments.model_sources import ModelSource
 from serve_app.core.internal_types import ModelCard
 from serve_app.core.model_names import ModelResolver
 
@@ -92,6 +94,9 @@ class DeploymentOptions(_Strict):
         return options
 
 
+DEFAULT_CONTEXT_LENGTH = 2048
+
+
 class ModelConfig(_Strict):
     """One served model: its names, what it can do, its engine and its deployment."""
 
@@ -100,7 +105,13 @@ class ModelConfig(_Strict):
     kind: Literal["generate", "embed"] = "generate"
     engine: Literal["fake", "vllm"] = "vllm"
     engine_args: dict[str, Any] = Field(default_factory=dict)
-    context_length: int = Field(default=2048, ge=1)
+    context_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens of prompt + output; default: the length the model was trained for, "
+        "read from its own files (config.json or GGUF metadata), else 2048. A vLLM model without "
+        "engine_args.max_model_len is served at exactly this length.",
+    )
     embedding_dimensions: int | None = Field(default=None, ge=1)
     supports_dimensions: bool = False
     capabilities: list[str] | None = None
@@ -110,14 +121,37 @@ class ModelConfig(_Strict):
     format: str = "safetensors"
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
-    def card(self) -> ModelCard:
-        """The model card both APIs show."""
+    def source(self) -> ModelSource | None:
+        """The model's weights, when its engine loads any (``engine_args.source``)."""
+        raw = self.engine_args.get("source")
+        return None if raw is None else ModelSource.model_validate(raw)
+
+    def facts(self) -> ModelFacts | None:
+        """What the model's own files say (context length, size, digest), read from its source."""
+        source = self.source()
+        if source is None:
+            return None
+        return describe_source(source, self.engine_args.get("model_cache_dir"))
+
+    def card(self, facts: ModelFacts | None = None) -> ModelCard:
+        """The model card both APIs show; ``facts`` fill what the config leaves out."""
         default_caps = ["completion"] if self.kind == "generate" else ["embedding"]
+        context = (
+            self.context_length
+            or self.engine_args.get("max_model_len")
+            or (facts.context_length if facts else None)
+            or DEFAULT_CONTEXT_LENGTH
+        )
+        size = facts.size_bytes if facts else 0
+        on_accelerator = self.deployment.ray_actor_options.num_gpus > 0
         return ModelCard(
             name=self.name,
             aliases=self.aliases,
             kind=self.kind,
-            context_length=self.context_length,
+            context_length=context,
+            size_bytes=size,
+            size_vram_bytes=size if on_accelerator else 0,
+            digest=facts.digest if facts else None,
             embedding_dimensions=self.embedding_dimensions,
             supports_dimensions=self.supports_dimensions,
             capabilities=self.capabilities if self.capabilities is not None else default_caps,
@@ -126,6 +160,16 @@ class ModelConfig(_Strict):
             quantization_level=self.quantization_level,
             format=self.format,
         )
+
+    def engine_args_for(self, card: ModelCard) -> dict[str, Any]:
+        """``engine_args`` with vLLM's ``max_model_len`` set to the card's context length.
+
+        So vLLM allocates, enforces and reports the same length the APIs show.
+        """
+        args = dict(self.engine_args)
+        if self.engine == "vllm" and self.kind == "generate" and args.get("max_model_len") is None:
+            args["max_model_len"] = card.context_length
+        return args
 
 
 class IngressConfig(_Strict):
@@ -157,6 +201,10 @@ class AppConfig(_Strict):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After sent with 429/503.")
+
+    def cards(self) -> dict[str, ModelCard]:
+        """Every model's card, with what its own files say (context length, size, digest)."""
+        return {model.name: model.card(model.facts()) for model in self.models}
 
     @model_validator(mode="after")
     def _names_unique(self) -> AppConfig:

@@ -31,10 +31,10 @@ def load_args(path: Path, app_index: int = 0) -> dict[str, Any]:
 def build_local_app(args: dict[str, Any]) -> tuple[FastAPI, LocalBackend]:
     """The ingress app over in-process engines for ``args`` (engines not started yet)."""
     config = validate_config(args)
-    cards = [m.card() for m in config.models]
-    engines = {m.name: build_engine(m.engine, m.card(), m.engine_args) for m in config.models}
+    cards = config.cards()
+    engines = {m.name: build_engine(m.engine, cards[m.name], m.engine_args_for(cards[m.name])) for m in config.models}
     backend = LocalBackend(engines)
-    return create_app(backend, cards, IngressSettings(**config.ingress.settings)), backend
+    return create_app(backend, list(cards.values()), IngressSettings(**config.ingress.settings)), backend
 
 
 def main(argv: list[str] | None = None) -> None:

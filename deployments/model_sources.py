@@ -127,7 +127,7 @@ def package_path(location: str) -> Path:
     return path
 
 
-def _source_file(source: ModelSource) -> Path:
+def source_path(source: ModelSource) -> Path:
     if source.kind == "package":
         return package_path(source.location)
     path = Path(source.location).expanduser()
@@ -166,7 +166,7 @@ def resolve_model_source(
         source = ModelSource.model_validate(source)
     if source.kind == "hub":
         return source.location
-    path = _source_file(source)
+    path = source_path(source)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{path} is not a Hugging Face model folder (no config.json)")

@@ -18,8 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from deployments.engines.context_fit import fit_messages, fitted_max_tokens, output_reserve
 from serve_app.core.errors import ContextLengthExceeded, EngineError, InvalidRequest
 from serve_app.core.internal_types import (
+    ChatMessage,
     EmbeddingRequest,
     EmbeddingResult,
     GenerationChunk,
@@ -120,10 +122,35 @@ class FakeEngine:
             return len(prompt) if isinstance(prompt, list) else count_words(prompt or "")
         return sum(1 + count_words(m.text()) for m in request.messages)
 
-    def _check_context(self, request: GenerationRequest, prompt_tokens: int) -> None:
+    def _limit(self, request: GenerationRequest) -> int:
         limit = self.card.context_length
-        if request.context_limit is not None:
-            limit = min(limit, request.context_limit)
+        return limit if request.context_limit is None else min(limit, request.context_limit)
+
+    async def _fit(self, request: GenerationRequest) -> tuple[GenerationRequest, int]:
+        """The request fitted into the context by Ollama's rules (``context_fit``), and its length."""
+        fit = request.context_fit
+        prompt_tokens = self.prompt_tokens(request)
+        if fit is None:
+            return request, prompt_tokens
+        limit = self._limit(request)
+        update: dict[str, Any] = {}
+        if fit.truncate:
+            budget = limit - output_reserve(fit, request.sampling.max_tokens, limit)
+            if prompt_tokens > budget and request.kind == "chat":
+
+                async def count(messages: list[ChatMessage]) -> int:
+                    return self.prompt_tokens(request.model_copy(update={"messages": messages}))
+
+                update["messages"] = await fit_messages(request.messages, count, budget)
+                prompt_tokens = await count(update["messages"])
+            prompt_tokens = min(prompt_tokens, budget)  # the rest is cut from the middle
+        if prompt_tokens < limit:
+            wanted = fitted_max_tokens(request.sampling.max_tokens, prompt_tokens, limit)
+            update["sampling"] = request.sampling.model_copy(update={"max_tokens": wanted})
+        return request.model_copy(update=update), prompt_tokens
+
+    def _check_context(self, request: GenerationRequest, prompt_tokens: int) -> None:
+        limit = self._limit(request)
         wanted = request.sampling.max_tokens or 0
         if prompt_tokens >= limit or prompt_tokens + wanted > limit:
             raise ContextLengthExceeded(
@@ -226,7 +253,7 @@ class FakeEngine:
         if self.card.kind != "generate":
             raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
         await self.check_health()
-        prompt_tokens = self.prompt_tokens(request)
+        request, prompt_tokens = await self._fit(request)
         self._check_context(request, prompt_tokens)
         if self.config.fail_after_tokens == 0:
             raise EngineError("fake engine was told to fail before the first token")

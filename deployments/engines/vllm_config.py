@@ -6,11 +6,28 @@ Plain pydantic, no vLLM import: config validation imports this module without vL
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.model_sources import ModelSource
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # deployments/
+
+
+def looks_like_path(template: str) -> bool:
+    """Whether a ``chat_template`` value names a file rather than holding Jinja itself."""
+    return "{" not in template and "\n" not in template
+
+
+def resolve_template_path(template: str) -> Path | None:
+    """A template file: absolute, relative to the working directory, or to ``deployments/``."""
+    path = Path(template).expanduser()
+    for candidate in (path, PACKAGE_DIR / path) if not path.is_absolute() else (path,):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
 
 
 class VLLMEngineConfig(BaseModel):
@@ -38,7 +55,9 @@ class VLLMEngineConfig(BaseModel):
     # each tool's JSON schema (as if every tool were `strict: true`).
     tool_strict_level: Literal["auto", "function", "parameter"] = "auto"
     reasoning_parser: str | None = None  # a vLLM reasoning parser name ("deepseek_r1", "qwen3", ...)
-    chat_template: str | None = None  # a Jinja template or a path to one; default: the model's
+    # A Jinja template, or a path to one (a relative path is looked up in deployments/, where
+    # chat_templates/ ships with the project); default: the model's own.
+    chat_template: str | None = None
     default_chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     enable_prefix_caching: bool | None = None
     seed: int | None = None
@@ -46,6 +65,21 @@ class VLLMEngineConfig(BaseModel):
     log_stats: bool = True  # vLLM's periodic throughput log lines
     model_cache_dir: str | None = None  # where GGUF sources are imported; default $LLM_MODEL_CACHE
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # any other AsyncEngineArgs field
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_exists(cls, value: str | None) -> str | None:
+        if value is not None and looks_like_path(value) and resolve_template_path(value) is None:
+            raise ValueError(f"chat template file {value} not found (relative paths are looked up in {PACKAGE_DIR})")
+        return value
+
+    def chat_template_text(self) -> str | None:
+        """The chat template itself (read from its file when a path was given), or ``None``."""
+        if self.chat_template is None or not looks_like_path(self.chat_template):
+            return self.chat_template
+        path = resolve_template_path(self.chat_template)
+        assert path is not None  # checked when the config was validated
+        return path.read_text()
 
     def engine_args(self, model: str, served_name: str, *, runner: Literal["generate", "pooling"]) -> dict[str, Any]:
         """Keyword arguments for ``vllm.engine.arg_utils.AsyncEngineArgs``."""

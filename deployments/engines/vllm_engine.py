@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from deployments.engines.vllm_config import VLLMEngineConfig
+from deployments.engines.vllm_errors import translate_vllm_error
 from deployments.engines.vllm_outputs import ChoiceState, output_chunk
 from deployments.engines.vllm_requests import (
     Prepared,
     RequestTarget,
     prepare_chat,
     prepare_completion,
-    translate_vllm_error,
 )
 from deployments.model_sources import resolve_model_source
 from serve_app.core.errors import (
@@ -179,7 +179,7 @@ class VLLMEngine(_LazyStart):
                 model_config=engine.model_config,
                 renderer=engine.renderer,
                 request_logger=None,
-                chat_template=load_chat_template(self.config.chat_template),
+                chat_template=load_chat_template(self.config.chat_template_text(), is_literal=True),
                 chat_template_content_format="auto",
                 enable_auto_tools=self.config.tool_call_parser is not None,
                 tool_parser=self.config.tool_call_parser,

@@ -1,7 +1,7 @@
 """Our requests as vLLM's: a :class:`GenerationRequest` rebuilt as vLLM's ``ChatCompletionRequest``
 or ``CompletionRequest``, rendered by vLLM's ``OnlineRenderer`` and checked against the context
-length (:func:`prepare_chat`, :func:`prepare_completion`), and vLLM's exceptions as ours
-(:func:`translate_vllm_error`).
+length (:func:`prepare_chat`, :func:`prepare_completion`); with ``context_fit`` (Ollama) an
+over-long prompt is cut to fit instead of refused (rules in ``context_fit``).
 
 Sampling parameters, structured outputs (``response_format`` json_object / json_schema) and logit
 bias come from vLLM's own ``to_sampling_params``; the chat template, tools and
@@ -12,63 +12,20 @@ vLLM is imported inside the functions only, never at module import.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from deployments.engines.context_fit import fit_messages, fitted_max_tokens, keep_head_and_tail, output_reserve
+from deployments.engines.vllm_errors import context_error, translate_vllm_error
 from serve_app.core.errors import (
     ContextLengthExceeded,
-    EngineError,
     InvalidRequest,
-    ModelUnavailable,
-    ServingError,
     Unsupported,
 )
 from serve_app.core.internal_types import ChatMessage, GenerationRequest
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-def context_error(limit: int, prompt_tokens: int, wanted: int, param: str, *, at_least: bool = False) -> ContextLengthExceeded:
-    qualifier = "at least " if at_least else ""
-    return ContextLengthExceeded(
-        f"This model's maximum context length is {limit} tokens. However, you requested "
-        f"{qualifier}{prompt_tokens + wanted} tokens ({qualifier}{prompt_tokens} in the messages, {wanted} in "
-        "the completion). Please reduce the length of the messages or completion.",
-        param=param,
-    )
-
-
-def translate_vllm_error(exc: BaseException, *, limit: int, wanted: int, param: str) -> ServingError:
-    """A vLLM exception as one of ours (client errors 400, overload 503, the rest 500)."""
-    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    if isinstance(exc, ServingError):
-        return exc
-    if isinstance(exc, VLLMValidationError):
-        parameter = getattr(exc, "parameter", None)
-        value = getattr(exc, "value", None)
-        if parameter == "input_tokens" and isinstance(value, int):
-            return context_error(limit, value, wanted, param, at_least=True)
-        if parameter == "input_text" and isinstance(value, int):
-            return ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, your prompt has "
-                f"{value} characters, more than {limit} tokens can hold. Please reduce the length of "
-                "the messages or completion.",
-                param=param,
-            )
-        return InvalidRequest(str(exc), param=parameter)
-    if isinstance(exc, VLLMClientError):
-        return InvalidRequest(str(exc))
-    if isinstance(exc, GracefulHTTPError):
-        return ModelUnavailable(str(exc) or "the engine is overloaded", headers={"Retry-After": "1"})
-    if isinstance(exc, EngineDeadError):
-        return EngineError(f"the vLLM engine is dead: {exc}")
-    cause = exc.__cause__ or exc
-    return EngineError(f"vLLM failed: {type(cause).__name__}: {cause}")
-
 
 # -- request preparation ---------------------------------------------------------------------
 
@@ -167,12 +124,20 @@ def _sampling_fields(request: GenerationRequest) -> dict[str, Any]:
 
 
 def _check_and_sampling(vreq: Any, request: GenerationRequest, prompt_tokens: int, target: RequestTarget, limit: int) -> Any:
-    """Check prompt + max_tokens against the limit, then vLLM's SamplingParams."""
+    """Check prompt + max_tokens against the limit, then vLLM's SamplingParams.
+
+    With ``context_fit`` (Ollama) only a prompt that leaves no room at all is refused; the output
+    is cut where the context is full instead.
+    """
     from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 
     wanted = request.sampling.max_tokens
     param = "messages" if request.kind == "chat" else "prompt"
-    if prompt_tokens >= limit or prompt_tokens + (wanted or 0) > limit:
+    if request.context_fit is not None:
+        if prompt_tokens >= limit:
+            raise context_error(limit, prompt_tokens, wanted or 0, param)
+        wanted = fitted_max_tokens(wanted, prompt_tokens, limit)
+    elif prompt_tokens >= limit or prompt_tokens + (wanted or 0) > limit:
         raise context_error(limit, prompt_tokens, wanted or 0, param)
     max_tokens = get_max_tokens(limit, wanted, prompt_tokens, target.default_sampling, target.override_max_tokens)
     try:
@@ -181,11 +146,95 @@ def _check_and_sampling(vreq: Any, request: GenerationRequest, prompt_tokens: in
         raise translate_vllm_error(exc, limit=limit, wanted=wanted or 0, param=param) from exc
 
 
-async def prepare_chat(request: GenerationRequest, target: RequestTarget, limit: int) -> Prepared:
-    """A chat request rendered with the model's chat template, checked against ``limit``."""
+def _chat_request(payload: dict[str, Any]) -> Any:
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid request for vLLM: {exc.errors()[0].get('msg', exc)}") from exc
+
+
+def _prompt_ids(engine_input: Any) -> list[int]:
+    return list(engine_input.get("prompt_token_ids") or [])
+
+
+async def _render_chat(renderer: Any, vreq: Any, limit: int, wanted: int) -> Any:
+    """The engine input of ``vreq`` rendered with the chat template (vLLM's errors as ours)."""
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+    try:
+        rendered = await renderer.render_chat(vreq)
+    except Exception as exc:  # noqa: BLE001
+        raise translate_vllm_error(exc, limit=limit, wanted=wanted, param="messages") from exc
+    if isinstance(rendered, ErrorResponse):
+        raise InvalidRequest(rendered.error.message, param=rendered.error.param)
+    _conversation, engine_inputs = rendered
+    (engine_input,) = engine_inputs
+    return engine_input
+
+
+async def _render_fitted_chat(
+    request: GenerationRequest, payload: dict[str, Any], vreq: Any, renderer: Any, limit: int
+) -> tuple[Any, Any]:
+    """The rendered chat, cut to fit the context by Ollama's rules when the request asks for it.
+
+    Returns the engine input and the vLLM request it was rendered from (with fewer messages
+    when some were dropped). Without ``context_fit.truncate`` it is one render, as before.
+    """
+    fit = request.context_fit
+    wanted = request.sampling.max_tokens or 0
+    truncating = fit is not None and fit.truncate
+    try:
+        engine_input = await _render_chat(renderer, vreq, limit, wanted)
+    except ContextLengthExceeded:
+        if not truncating:
+            raise
+        engine_input = None
+    if not truncating:
+        return engine_input, vreq
+    assert fit is not None
+    budget = limit - output_reserve(fit, request.sampling.max_tokens, limit)
+    if engine_input is not None and len(_prompt_ids(engine_input)) <= budget:
+        return engine_input, vreq
+
+    def with_messages(messages: list[ChatMessage]) -> Any:
+        return _chat_request({**payload, "messages": [_message_to_vllm(m) for m in messages]})
+
+    async def prompt_tokens(messages: list[ChatMessage]) -> int | None:
+        try:
+            return len(_prompt_ids(await _render_chat(renderer, with_messages(messages), limit, wanted)))
+        except ContextLengthExceeded:
+            return None
+
+    vreq = with_messages(await fit_messages(request.messages, prompt_tokens, budget))
+    try:
+        engine_input = await _render_chat(renderer, vreq, limit, wanted)
+        if len(_prompt_ids(engine_input)) <= budget:
+            return engine_input, vreq
+    except ContextLengthExceeded:
+        pass
+    # Still too long (one huge message): the first keep_tokens and the end, as Ollama's runner.
+    return await _cut_tokens(lambda r: _render_chat(renderer, r, limit, wanted), vreq, budget, fit.keep_tokens), vreq
+
+
+async def _cut_tokens(render: Callable[[Any], Awaitable[Any]], vreq: Any, budget: int, keep_tokens: int) -> dict[str, Any]:
+    """The engine input of ``vreq`` cut to ``budget`` tokens: its first ``keep_tokens``, then its end.
+
+    vLLM's own prompt truncation renders each side (left keeps the end, right the start).
+    """
+    keep = max(0, min(keep_tokens, budget - 1))
+    tail = await render(vreq.model_copy(update={"truncate_prompt_tokens": budget - keep, "truncation_side": "left"}))
+    head: list[int] = []
+    if keep:
+        head = _prompt_ids(await render(vreq.model_copy(update={"truncate_prompt_tokens": keep, "truncation_side": "right"})))
+    fitted = {k: v for k, v in dict(tail).items() if k != "prompt"}
+    fitted["prompt_token_ids"] = keep_head_and_tail(head + _prompt_ids(tail), budget, keep)
+    return fitted
+
+
+async def prepare_chat(request: GenerationRequest, target: RequestTarget, limit: int) -> Prepared:
+    """A chat request rendered with the model's chat template, checked against ``limit``."""
     renderer = target.renderer
     engine = target.engine
     if request.has_images() and not engine.model_config.is_multimodal_model:
@@ -226,12 +275,7 @@ async def prepare_chat(request: GenerationRequest, target: RequestTarget, limit:
             payload["reasoning_effort"] = request.think
     if kwargs:
         payload["chat_template_kwargs"] = kwargs
-    wanted = request.sampling.max_tokens or 0
-    try:
-        vreq = ChatCompletionRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid request for vLLM: {exc.errors()[0].get('msg', exc)}") from exc
-
+    vreq = _chat_request(payload)
     template_kwargs = renderer.effective_chat_template_kwargs(vreq)
     model_config = engine.model_config
     tokenizer = engine.renderer.tokenizer
@@ -241,15 +285,8 @@ async def prepare_chat(request: GenerationRequest, target: RequestTarget, limit:
         return parser_cls(tokenizer, vreq.tools, chat_template_kwargs=template_kwargs, model_config=model_config)
 
     first_parser = make_parser() if parser_cls is not None else None
-    try:
-        rendered = await renderer.render_chat(vreq)
-    except Exception as exc:  # noqa: BLE001
-        raise translate_vllm_error(exc, limit=limit, wanted=wanted, param="messages") from exc
-    if isinstance(rendered, ErrorResponse):
-        raise InvalidRequest(rendered.error.message, param=rendered.error.param)
-    _conversation, engine_inputs = rendered
-    (engine_input,) = engine_inputs
-    prompt_ids = list(engine_input.get("prompt_token_ids") or [])
+    engine_input, vreq = await _render_fitted_chat(request, payload, vreq, renderer, limit)
+    prompt_ids = _prompt_ids(engine_input)
     sampling = _check_and_sampling(vreq, request, len(prompt_ids), target, limit)
     reasoning_parser_kwargs = None
     if first_parser is not None and first_parser.reasoning_parser is not None:
@@ -300,17 +337,31 @@ async def prepare_completion(request: GenerationRequest, target: RequestTarget, 
         vreq = CompletionRequest.model_validate(payload)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid request for vLLM: {exc.errors()[0].get('msg', exc)}") from exc
+
+    async def render(completion: Any) -> Any:
+        try:
+            rendered = await renderer.render_completion(completion)
+        except Exception as exc:  # noqa: BLE001
+            raise translate_vllm_error(exc, limit=limit, wanted=wanted, param="prompt") from exc
+        if isinstance(rendered, ErrorResponse):
+            err = Unsupported if rendered.error.param == "suffix" else InvalidRequest
+            raise err(rendered.error.message, param=rendered.error.param)
+        if len(rendered) != 1:
+            raise InvalidRequest("exactly one prompt per request", param="prompt")
+        return rendered[0]
+
+    fit = request.context_fit
+    budget = limit if fit is None else limit - output_reserve(fit, request.sampling.max_tokens, limit)
     try:
-        rendered = await renderer.render_completion(vreq)
-    except Exception as exc:  # noqa: BLE001
-        raise translate_vllm_error(exc, limit=limit, wanted=wanted, param="prompt") from exc
-    if isinstance(rendered, ErrorResponse):
-        err = Unsupported if rendered.error.param == "suffix" else InvalidRequest
-        raise err(rendered.error.message, param=rendered.error.param)
-    if len(rendered) != 1:
-        raise InvalidRequest("exactly one prompt per request", param="prompt")
-    (engine_input,) = rendered
-    prompt_ids = list(engine_input.get("prompt_token_ids") or [])
+        engine_input = await render(vreq)
+    except ContextLengthExceeded:
+        if fit is None or not fit.truncate:
+            raise
+        engine_input = None
+    if fit is not None and fit.truncate and (engine_input is None or len(_prompt_ids(engine_input)) > budget):
+        # A raw prompt has no messages to drop: Ollama's runner keeps its start and its end.
+        engine_input = await _cut_tokens(render, vreq, budget, fit.keep_tokens)
+    prompt_ids = _prompt_ids(engine_input)
     sampling = _check_and_sampling(vreq, request, len(prompt_ids), target, limit)
     echo_text = None
     if request.echo:

@@ -115,6 +115,23 @@ class ToolSpec(_Strict):
     parameters: dict[str, Any] | None = None
 
 
+class ContextFit(_Strict):
+    """How a generation is fitted into the context instead of being refused (Ollama's rules).
+
+    Without it (OpenAI), a prompt plus ``max_tokens`` over the context is a 400.
+    """
+
+    # Make the prompt fit: drop the oldest messages (every system message and the last message
+    # stay), then, if it is still too long, tokens from the middle, keeping the first
+    # ``keep_tokens``. False: an over-long prompt is refused.
+    truncate: bool = True
+    keep_tokens: int = Field(default=4, ge=0)
+    # Ollama's context shift: when the context fills, it drops old tokens and goes on generating.
+    # An engine that cannot shift (vLLM) instead leaves room for the output when it has to cut
+    # the prompt. Either way, output beyond the context ends with finish "length", never a 400.
+    shift: bool = True
+
+
 class GenerationRequest(_Strict):
     """One generation, as both APIs describe it after translation."""
 
@@ -133,6 +150,7 @@ class GenerationRequest(_Strict):
     tool_choice: str = "auto"
     think: bool | str | None = None
     context_limit: int | None = None  # Ollama num_ctx: a per-request cap on prompt + output
+    context_fit: ContextFit | None = None  # None: a prompt or output over the context is refused
     include_usage: bool = True
     user: str | None = None
     submitted_at: float | None = None  # wall clock when the ingress handed it on (queue wait)
@@ -235,6 +253,9 @@ class ModelCard(_Strict):
     parameter_size: str = ""
     quantization_level: str = ""
     format: str = "safetensors"
+    size_bytes: int = 0  # the served model's files on disk (Ollama's ``size``)
+    size_vram_bytes: int = 0  # of which held in accelerator memory per replica (0 on CPU)
+    digest: str | None = None  # sha256 hex of the model's files; one value everywhere it is shown
     owned_by: str = "serving-cluster"
     created: int = Field(default_factory=lambda: int(time.time()))
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.core.errors import ServingError
+from serve_app.core.errors import ContextLengthExceeded, ServingError
+
+# Ollama's own words for a prompt over the context (its runners' errorInputTooLong).
+OLLAMA_CONTEXT_MESSAGE = "the input length exceeds the context length"
 
 
 def _message_with_request_id(error: ServingError, request_id: str | None) -> str:
@@ -24,8 +27,11 @@ def openai_error_body(error: ServingError, request_id: str | None = None) -> dic
 
 
 def ollama_error_body(error: ServingError, request_id: str | None = None) -> dict[str, Any]:
-    """Ollama's envelope: ``{"error": "message"}``."""
-    return {"error": _message_with_request_id(error, request_id)}
+    """Ollama's envelope: ``{"error": "message"}``; context errors lead with Ollama's wording."""
+    message = _message_with_request_id(error, request_id)
+    if isinstance(error, ContextLengthExceeded):
+        message = f"{OLLAMA_CONTEXT_MESSAGE} ({message})"
+    return {"error": message}
 
 
 def error_headers(error: ServingError, request_id: str | None = None) -> dict[str, str]:

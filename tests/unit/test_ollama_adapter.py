@@ -263,6 +263,14 @@ def test_ps_entry_golden() -> None:
     }
 
 
+def test_tags_and_ps_show_the_files_size_and_digest() -> None:
+    card = CARD.model_copy(update={"size_bytes": 538_090_408, "size_vram_bytes": 538_090_408, "digest": "ab" * 32})
+    tags = adapter.tags_entry(ModelStatus(card=card))
+    ps = adapter.ps_entry(ModelStatus(card=card, replicas=2))
+    assert (tags["size"], tags["digest"]) == (538_090_408, "ab" * 32)
+    assert (ps["size"], ps["size_vram"], ps["digest"]) == (538_090_408, 538_090_408, "ab" * 32)
+
+
 def test_show_body_golden() -> None:
     assert adapter.show_body(CARD) == {
         "license": "",

@@ -15,6 +15,7 @@ from serve_app.core.errors import InvalidRequest
 from serve_app.core.internal_types import (
     ChatMessage,
     ContentPart,
+    ContextFit,
     FunctionCall,
     GenerationChunk,
     GenerationRequest,
@@ -99,6 +100,23 @@ def format_to_internal(fmt: wire.Format) -> ResponseFormat:
     return ResponseFormat()
 
 
+# Ollama's num_keep default (api.DefaultOptions); -1 keeps the whole start.
+DEFAULT_NUM_KEEP = 4
+KEEP_ALL_TOKENS = 1 << 30
+
+
+def context_fit(body: wire._GenerationFields) -> ContextFit:
+    """Ollama's rules for prompts and outputs longer than the context (absent flags mean true)."""
+    num_keep = body.options.num_keep if body.options is not None else None
+    if num_keep is None:
+        num_keep = DEFAULT_NUM_KEEP
+    return ContextFit(
+        truncate=body.truncate is not False,
+        shift=body.shift is not False,
+        keep_tokens=KEEP_ALL_TOKENS if num_keep < 0 else num_keep,
+    )
+
+
 def _common(body: wire._GenerationFields) -> tuple[dict[str, Any], list[str]]:
     sampling, num_ctx, unhonoured = options_to_sampling(body.options)
     sampling.logprobs = bool(body.logprobs)
@@ -109,6 +127,7 @@ def _common(body: wire._GenerationFields) -> tuple[dict[str, Any], list[str]]:
     fields = {
         "sampling": sampling,
         "context_limit": num_ctx,
+        "context_fit": context_fit(body),
         "response_format": format_to_internal(body.format),
         "think": body.think or None,
     }
@@ -284,8 +303,9 @@ def load_reply(model: str, is_chat: bool, unload: bool) -> dict[str, Any]:
     return body
 
 
-def _digest(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
+def digest_of(card: ModelCard) -> str:
+    """The model's digest: of its files when known, else of its name (a model without files)."""
+    return card.digest or hashlib.sha256(card.name.encode()).hexdigest()
 
 
 def details(card: ModelCard) -> dict[str, Any]:
@@ -307,8 +327,8 @@ def tags_entry(status: ModelStatus) -> dict[str, Any]:
         "name": card.name,
         "model": card.name,
         "modified_at": rfc3339_nano(card.created * 1_000_000_000),
-        "size": 0,
-        "digest": _digest(card.name),
+        "size": card.size_bytes,
+        "digest": digest_of(card),
         "details": details(card),
         "state": status.state,
     }
@@ -320,12 +340,12 @@ def ps_entry(status: ModelStatus) -> dict[str, Any]:
     return {
         "name": card.name,
         "model": card.name,
-        "size": 0,
-        "digest": _digest(card.name),
+        "size": card.size_bytes,
+        "digest": digest_of(card),
         "details": details(card),
         # Replicas live while autoscaling keeps them; Ollama clients expect a timestamp here.
         "expires_at": "2318-01-01T00:00:00.000000000Z",
-        "size_vram": 0,
+        "size_vram": card.size_vram_bytes,
         "context_length": card.context_length,
         "replicas": status.replicas,
     }

@@ -40,8 +40,9 @@ class Options(BaseModel):
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     num_ctx: Annotated[int, Field(ge=1)] | None = None
+    # Tokens kept from the start of a prompt cut to fit the context; -1 keeps the start whole.
+    num_keep: Annotated[int, Field(ge=-1)] | None = None
     # Defined by Ollama, not honoured here (llama.cpp or hardware specific).
-    num_keep: int | None = None
     typical_p: float | None = None
     repeat_last_n: int | None = None
     penalize_newline: bool | None = None
@@ -74,6 +75,7 @@ HONOURED_OPTIONS = frozenset(
         "presence_penalty",
         "frequency_penalty",
         "num_ctx",
+        "num_keep",
     }
 )
 
@@ -127,6 +129,10 @@ class _GenerationFields(_Wire):
     think: Think = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Ollama 0.12.6+: absent means true. truncate: fit an over-long prompt into the context
+    # (false: 400); shift: go on generating when the context fills (false: stop, "length").
+    truncate: bool | None = None
+    shift: bool | None = None
 
 
 class GenerateRequest(_GenerationFields):

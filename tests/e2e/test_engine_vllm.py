@@ -1,7 +1,7 @@
 """The vLLM engines against the real offline models on CPU (SmolLM2-135M, all-MiniLM-L6-v2).
 
 One engine per model for the whole module (starting one takes about a minute on CPU). Run with
-``pytest -m vllm tests/e2e/test_vllm_engine.py``; the models are imported first by
+``pytest -m vllm tests/e2e/test_engine_vllm.py``; the models are imported first by
 ``python -m deployments.model_sources prepare-defaults`` (``make install`` does it), or here on
 first use.
 """
