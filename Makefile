@@ -66,6 +66,22 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check serve_app deployments tests benchmarks
 
+# Open WebUI (PyPI, ~7.5 GB, in its own venv) against the stack, driven in Debian's headless
+# Chromium: a chat and a question about an uploaded file on both connections, with screenshots.
+# Not part of `make test` (its install is several GB). See scripts/openwebui_check.py.
+OPENWEBUI_VENV := .venv-openwebui
+OPENWEBUI_ARGS ?=
+.PHONY: openwebui-check
+$(OPENWEBUI_VENV)/.installed:
+	python3 -m venv $(OPENWEBUI_VENV)
+	$(OPENWEBUI_VENV)/bin/pip install -q --upgrade pip
+	$(OPENWEBUI_VENV)/bin/pip install -q open-webui==0.12.4 playwright
+	touch $@
+
+openwebui-check: models $(OPENWEBUI_VENV)/.installed
+	@[ -x /usr/bin/chromium ] || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	$(OPENWEBUI_VENV)/bin/python scripts/openwebui_check.py $(OPENWEBUI_ARGS)
+
 # Regenerate k8s/overlays/*/rayservice.yaml (serveConfigV2 from config.gpu.yaml / config.fake.yaml).
 .PHONY: k8s
 k8s: install

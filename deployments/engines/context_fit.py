@@ -8,9 +8,9 @@ model. Ollama (0.12, ``server/prompt.go`` and its runners) does it in two stages
 2. Tokens: if that is still too long, keep the first ``keep_tokens`` tokens and drop tokens from
    the middle, so the end of the prompt (the question, the generation prompt) survives.
 
-Ollama then shifts the context while generating; vLLM cannot, so when the prompt has to be cut
-room is left for the output (:func:`output_reserve`), and output beyond the context is cut with
-finish "length" (:func:`fitted_max_tokens`).
+A prompt that fits the context is never cut. Ollama then shifts the context while generating;
+vLLM cannot, so when a prompt has to be cut, room is left for the output (:func:`output_reserve`),
+and output beyond the context is cut with finish "length" (:func:`fitted_max_tokens`).
 """
 
 from __future__ import annotations

@@ -136,14 +136,15 @@ class FakeEngine:
         update: dict[str, Any] = {}
         if fit.truncate:
             budget = limit - output_reserve(fit, request.sampling.max_tokens, limit)
-            if prompt_tokens > budget and request.kind == "chat":
+            if prompt_tokens >= limit and request.kind == "chat":
 
                 async def count(messages: list[ChatMessage]) -> int:
                     return self.prompt_tokens(request.model_copy(update={"messages": messages}))
 
                 update["messages"] = await fit_messages(request.messages, count, budget)
                 prompt_tokens = await count(update["messages"])
-            prompt_tokens = min(prompt_tokens, budget)  # the rest is cut from the middle
+            if prompt_tokens >= limit:
+                prompt_tokens = min(prompt_tokens, budget)  # the rest is cut from the middle
         if prompt_tokens < limit:
             wanted = fitted_max_tokens(request.sampling.max_tokens, prompt_tokens, limit)
             update["sampling"] = request.sampling.model_copy(update={"max_tokens": wanted})

@@ -194,9 +194,9 @@ async def _render_fitted_chat(
     if not truncating:
         return engine_input, vreq
     assert fit is not None
+    if engine_input is not None and len(_prompt_ids(engine_input)) < limit:
+        return engine_input, vreq  # it fits: a prompt that fits is never cut
     budget = limit - output_reserve(fit, request.sampling.max_tokens, limit)
-    if engine_input is not None and len(_prompt_ids(engine_input)) <= budget:
-        return engine_input, vreq
 
     def with_messages(messages: list[ChatMessage]) -> Any:
         return _chat_request({**payload, "messages": [_message_to_vllm(m) for m in messages]})
@@ -358,7 +358,7 @@ async def prepare_completion(request: GenerationRequest, target: RequestTarget, 
         if fit is None or not fit.truncate:
             raise
         engine_input = None
-    if fit is not None and fit.truncate and (engine_input is None or len(_prompt_ids(engine_input)) > budget):
+    if fit is not None and fit.truncate and (engine_input is None or len(_prompt_ids(engine_input)) >= limit):
         # A raw prompt has no messages to drop: Ollama's runner keeps its start and its end.
         engine_input = await _cut_tokens(render, vreq, budget, fit.keep_tokens)
     prompt_ids = _prompt_ids(engine_input)

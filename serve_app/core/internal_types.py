@@ -128,7 +128,8 @@ class ContextFit(_Strict):
     keep_tokens: int = Field(default=4, ge=0)
     # Ollama's context shift: when the context fills, it drops old tokens and goes on generating.
     # An engine that cannot shift (vLLM) instead leaves room for the output when it has to cut
-    # the prompt. Either way, output beyond the context ends with finish "length", never a 400.
+    # a prompt over the context (one that fits is never cut). Either way, output beyond the
+    # context ends with finish "length", never a 400.
     shift: bool = True
 
 

@@ -48,6 +48,13 @@ def test_over_long_chat_keeps_system_and_newest_messages(shared_live_url: str) -
     assert body["message"]["content"] and body["done"] is True
 
 
+def test_a_prompt_that_fits_is_never_cut(shared_live_url: str) -> None:
+    """55 tokens fit the 64 (though they leave less than a quarter for the answer): untouched."""
+    messages = [SYSTEM, *history(4), {"role": "user", "content": "word " * 7}]  # 3 + 44 + 8
+    body = chat(shared_live_url, {"messages": messages}).json()
+    assert body["prompt_eval_count"] == 55 and body["eval_count"] <= LIMIT - 55
+
+
 def test_a_system_message_in_the_dropped_part_is_kept(shared_live_url: str) -> None:
     messages = [*history(4), {"role": "system", "content": "mid system note"}, *history(6), LAST]
     body = chat(shared_live_url, {"messages": messages}).json()

@@ -122,3 +122,11 @@ def test_ollama_fits_a_chat_longer_than_the_context(stack: dict[str, Any]) -> No
     refused = httpx.post(f"{stack['url']}/api/chat", json={**body, "truncate": False}, timeout=300)
     assert refused.status_code == 400
     assert refused.json()["error"].startswith("the input length exceeds the context length")
+
+
+def test_an_answer_without_a_limit_stops_at_the_configured_cap(client: openai.OpenAI) -> None:
+    """config.yaml caps answers that name no max_tokens (vLLM's max_new_tokens override) at 1024."""
+    reply = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "Write a story."}], extra_body={"ignore_eos": True},
+    )
+    assert reply.usage.completion_tokens == 1024 and reply.choices[0].finish_reason == "length"

@@ -165,6 +165,24 @@ def test_chat_to_internal_golden() -> None:
     assert unhonoured == []
 
 
+def test_open_webui_tool_turn_keeps_the_call_ids() -> None:
+    """Open WebUI answers a call with OpenAI's tool_call_id (no tool_name) and sends call ids."""
+    body = wire.ChatRequest.model_validate({
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "What time is it?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"index": 0, "id": "call_abc", "function": {"name": "get_current_timestamp", "arguments": {}}}]},
+            {"role": "tool", "content": '{"current_timestamp": 1}', "tool_call_id": "call_abc"},
+        ],
+    })
+    request, unhonoured = adapter.chat_to_internal(body, "m", "r")
+    assistant, tool = request.messages[1], request.messages[2]
+    assert assistant.tool_calls is not None and assistant.tool_calls[0].id == "call_abc"
+    assert tool.tool_call_id == "call_abc" and tool.name is None
+    assert unhonoured == []
+
+
 def test_image_part() -> None:
     assert adapter.image_part(PNG, "p").media_type == "image/png"
     assert adapter.image_part(JPEG, "p").media_type == "image/jpeg"

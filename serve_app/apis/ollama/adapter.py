@@ -169,7 +169,7 @@ def message_to_internal(message: wire.Message, index: int) -> ChatMessage:
     """One Ollama message; tool-call arguments become JSON text, tool results keep their name."""
     calls = [
         ToolCall(
-            id=f"call_{index}_{j}",
+            id=c.id or f"call_{index}_{j}",
             function=FunctionCall(name=c.function.name, arguments=json.dumps(c.function.arguments)),
         )
         for j, c in enumerate(message.tool_calls or [])
@@ -178,6 +178,7 @@ def message_to_internal(message: wire.Message, index: int) -> ChatMessage:
         role=message.role,
         content=_content(message.content, message.images, f"messages[{index}]"),
         name=message.tool_name if message.role == "tool" else None,
+        tool_call_id=message.tool_call_id if message.role == "tool" else None,
         tool_calls=calls or None,
         reasoning=message.thinking,
     )

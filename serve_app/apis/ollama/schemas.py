@@ -91,6 +91,7 @@ class ToolFunctionCall(BaseModel):
 class ToolCallWire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    id: str | None = None  # sent by Open WebUI (and OpenAI-minded clients); Ollama omits it
     function: ToolFunctionCall
 
 
@@ -103,6 +104,8 @@ class Message(BaseModel):
     images: list[str] | None = None
     tool_calls: list[ToolCallWire] | None = None
     tool_name: str | None = None
+    # Open WebUI answers a call with the call's id instead of Ollama's tool_name.
+    tool_call_id: str | None = None
 
 
 class ToolFunction(BaseModel):
