@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,14 +18,38 @@ from serve_app.core.internal_types import ModelCard
 from serve_app.settings import IngressSettings
 
 
+class WriteThrough(logging.Handler):
+    """One of Serve's buffered replica log handlers, without its buffer.
+
+    In throughput-optimised mode Serve buffers request-path records and writes them per 1,000
+    (or on an ERROR): usage lines would reach the log tens of minutes late under light traffic,
+    and a killed replica would lose them all. This handler applies the buffered handler's filters
+    (request context, replica fields) and writes each record to its file at once, so usage lines
+    are never lost; Serve's own access logs stay buffered.
+    """
+
+    def __init__(self, buffered: logging.handlers.MemoryHandler) -> None:
+        super().__init__()
+        self.buffered = buffered
+        self.filters = list(buffered.filters)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = self.buffered.target
+        if target is not None:
+            target.handle(record)  # the file handler formats, writes and flushes the line
+
+
 def _route_usage_log_to_serve_logs() -> None:
-    """Write ``serve_app.usage`` lines through Serve's replica log handlers (file and stderr)."""
+    """Write ``serve_app.usage`` lines to Serve's replica log (file and stderr), unbuffered."""
     usage = logging.getLogger("serve_app.usage")
     if usage.handlers:
         return
     usage.setLevel(logging.INFO)
     for handler in logging.getLogger("ray.serve").handlers:
-        usage.addHandler(handler)
+        if isinstance(handler, logging.handlers.MemoryHandler):
+            usage.addHandler(WriteThrough(handler))
+        else:
+            usage.addHandler(handler)
     usage.propagate = False
 
 
