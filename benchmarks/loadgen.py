@@ -38,7 +38,8 @@ class RequestRecord:
     first_token: float | None = None
     token_times: list[float] = field(default_factory=list)
     end: float = 0.0
-    output_tokens: int = 0
+    output_tokens: int = 0  # streamed frames that carried text
+    reported_tokens: int | None = None  # the server's own count (usage / eval_count), when sent
     ok: bool = False
     status: int = 0
     error: str = ""
@@ -101,6 +102,7 @@ async def _one_chat(client: httpx.AsyncClient, api: Api, body: dict[str, Any]) -
                         return record
                     if frame.get("done"):
                         record.ok = True
+                        record.reported_tokens = frame.get("eval_count")
                         continue
                     text = frame.get("message", {}).get("content", "")
                 else:
@@ -114,6 +116,8 @@ async def _one_chat(client: httpx.AsyncClient, api: Api, body: dict[str, Any]) -
                     if "error" in frame:
                         record.error = str(frame["error"])
                         return record
+                    if frame.get("usage"):
+                        record.reported_tokens = frame["usage"].get("completion_tokens")
                     choices = frame.get("choices") or []
                     text = choices[0].get("delta", {}).get("content") or "" if choices else ""
                 if text:

@@ -4,7 +4,12 @@
     python -m benchmarks.run cpu    # real SmolLM2 on CPU: raw vLLM server (A) vs our stack (B)
     python -m benchmarks.run gpu    # the same on a GPU machine, bigger model, higher concurrency
 
-A = raw vLLM OpenAI server, B = our stack through Ray Serve, C = our ingress in-process (no Ray).
+A = raw vLLM OpenAI server, B = our stack through Ray Serve, C = our ingress in-process (no Ray),
+R = Ray Serve LLM (``ray.serve.llm``) on the same engine and model.
+
+Beside tokens/s and latencies, every run records the CPU-seconds each process of each target
+spent (``benchmarks.cpu_accounting``), per 1,000 output tokens, with the stack's idle rate
+measured first so fixed and per-token costs are reported apart.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any
 from tqdm import tqdm
 
 from benchmarks import servers
+from benchmarks.cpu_accounting import CpuMeter, cpu_between
 from benchmarks.loadgen import Workload, run_load
-from benchmarks.report import write_report
+from benchmarks.report import cpu_per_thousand, write_report
 from benchmarks.stats import summarise
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,7 +46,45 @@ class Scenario:
     targets: list[str]
 
 
-def fake_suite(work: Path, stack: ExitStack) -> tuple[dict[str, str], list[Scenario]]:
+Targets = dict[str, servers.Server]
+
+
+def parse_variants(specs: list[str]) -> dict[str, dict[str, str]]:
+    """``NAME:VAR=VALUE,VAR=VALUE`` -> ``{"B-NAME": {VAR: VALUE}}``: our stack again, with this env.
+
+    The env reaches every process ``serve run`` starts (its local Ray cluster inherits it), so a
+    variant can change Serve's transport, proxy or control loop as well as our settings.
+    """
+    variants = {}
+    for spec in specs:
+        name, _, assignments = spec.partition(":")
+        env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+        variants[f"B-{name}"] = env
+    return variants
+
+
+def add_variants(targets: Targets, variants: dict[str, dict[str, str]], config: Path, work: Path, stack: ExitStack,
+                 first_port: int) -> list[str]:
+    """Start one more of our stacks per variant; returns their target names."""
+    for offset, (name, env) in enumerate(variants.items(), start=1):
+        targets[name] = stack.enter_context(
+            servers.serve_stack(config, first_port + offset, work / f"{name}.log", env={**HAPROXY_PORTS(offset), **env})
+        )
+    return list(variants)
+
+
+def HAPROXY_PORTS(offset: int) -> dict[str, str]:  # noqa: N802 - a table of env vars
+    """Ports of Serve's HAProxy mode, distinct per stack so variants can run side by side."""
+    base = 23000 + 100 * offset
+    return {
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(base), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(base + 1),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(base + 2), "RAY_SERVE_HAPROXY_STATS_PORT": str(base + 3),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base + 10), "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 50),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 51), "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 90),
+    }
+
+
+def fake_suite(work: Path, stack: ExitStack, variants: dict[str, dict[str, str]]) -> tuple[Targets, list[Scenario]]:
     def two_models(cfg: dict[str, Any]) -> None:
         args = cfg["applications"][0]["args"]
         paced, fast = args["models"][0], args["models"][1]
@@ -50,22 +94,24 @@ def fake_suite(work: Path, stack: ExitStack) -> tuple[dict[str, str], list[Scena
             model["deployment"] = {"num_replicas": 1, "max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 0.25}}
 
     config = servers.write_config(servers.REPO / "config.fake.yaml", two_models, work / "fake.yaml")
-    urls = {
-        "B": stack.enter_context(servers.serve_stack(config, 18000, work / "B.log")),
+    targets = {
+        "B": stack.enter_context(servers.serve_stack(config, 18000, work / "B.log", env=HAPROXY_PORTS(0))),
         "C": stack.enter_context(servers.local_ingress(config, 18001, work / "C.log")),
     }
+    ours = ["B", *add_variants(targets, variants, config, work, stack, 18010), "C"]
     paced = Workload("chat 20ms/token", "openai", "smollm2:135m", max_tokens=64)
     fast = Workload("chat 0ms/token (chunk ceiling)", "openai", "qwen2.5:0.5b", max_tokens=512)
     scenarios = [
-        Scenario("ttft-1", paced, 1, 30, ["B", "C"]),
-        Scenario("tpot-32", paced, 32, 96, ["B", "C"]),
-        Scenario("ceiling-32", fast, 32, 64, ["B", "C"]),
-        Scenario("ollama-32", Workload("ollama chat 20ms/token", "ollama", "smollm2:135m", max_tokens=64), 32, 96, ["B", "C"]),
+        Scenario("ttft-1", paced, 1, 30, ours),
+        Scenario("tpot-32", paced, 32, 96, ours),
+        Scenario("ceiling-32", fast, 32, 64, ours),
+        Scenario("ollama-32", Workload("ollama chat 20ms/token", "ollama", "smollm2:135m", max_tokens=64), 32, 96, ours),
     ]
-    return urls, scenarios
+    return targets, scenarios
 
 
-def cpu_suite(work: Path, stack: ExitStack, gpu: bool = False) -> tuple[dict[str, str], list[Scenario]]:
+def cpu_suite(work: Path, stack: ExitStack, variants: dict[str, dict[str, str]],
+              gpu: bool = False, ray_llm: bool = True) -> tuple[Targets, list[Scenario]]:
     from deployments.model_sources import prepare_default_models
 
     paths = prepare_default_models(progress=False)
@@ -78,26 +124,65 @@ def cpu_suite(work: Path, stack: ExitStack, gpu: bool = False) -> tuple[dict[str
                 model["engine_args"]["enable_prefix_caching"] = False
 
     config = servers.write_config(config_file, no_prefix_cache, work / "stack.yaml")
-    flags = ["--max-model-len", "2048", "--no-enable-prefix-caching"]
+    context = served_context_length(config)
+    flags = ["--max-model-len", str(context), "--no-enable-prefix-caching"]
     flags += ["--dtype", "bfloat16"] if gpu else ["--dtype", "float32", "--enforce-eager"]
     env = {} if gpu else {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    urls = {
+    engine_kwargs: dict[str, Any] = {"max_model_len": context, "enable_prefix_caching": False}
+    engine_kwargs.update({"dtype": "bfloat16"} if gpu else {"dtype": "float32", "enforce_eager": True})
+    targets = {
         "A": stack.enter_context(servers.raw_vllm(chat_dir, "smollm2:135m", 18100, work / "A.log", flags, env)),
-        "B": stack.enter_context(servers.serve_stack(config, 18101, work / "B.log")),
+        "B": stack.enter_context(servers.serve_stack(config, 18101, work / "B.log", env=HAPROXY_PORTS(0))),
     }
-    urls["B-ollama"] = urls["B"]
+    if ray_llm:
+        targets["R"] = stack.enter_context(
+            servers.ray_serve_llm(chat_dir, RAY_LLM_MODEL, 18102, work / "R.log", engine_kwargs, env, gpu)
+        )
+    targets["B-ollama"] = targets["B"]
+    extra = add_variants(targets, variants, config, work, stack, 18110)
     levels = [1, 16, 64, 256] if gpu else [1, 4, 16]
     scenarios = []
     for level in levels:
         requests = max(2 * level, 8)
-        scenarios.append(Scenario(f"chat-{level}", Workload("short chat", "openai", "smollm2:135m"), level, requests, ["A", "B"]))
+        scenarios.append(Scenario(f"chat-{level}", Workload("short chat", "openai", "smollm2:135m"), level, requests,
+                                  ["A", "B", *extra, *(["R"] if ray_llm else [])]))
         scenarios.append(Scenario(f"ollama-{level}", Workload("short chat", "ollama", "smollm2:135m"), level, requests, ["B-ollama"]))
     scenarios.append(Scenario("long-prompt-4", Workload("long prompt", "openai", "smollm2:135m", prompt_words=600, max_tokens=32), 4, 8, ["A", "B"]))
     scenarios.append(Scenario("embeddings-4", Workload("embeddings batch", "openai-embeddings", "all-minilm:l6-v2"), 4, 16, ["B"]))
-    return urls, scenarios
+    return targets, scenarios
 
 
-def run_scenarios(urls: dict[str, str], scenarios: list[Scenario], repeats: int) -> list[dict[str, Any]]:
+# Ray Serve LLM reads a colon in a model id as base:adapter (FACTS.md).
+RAY_LLM_MODEL = "smollm2-135m"
+
+
+def served_context_length(config: Path) -> int:
+    """The chat model's context in our stack's config (A and R are started with the same)."""
+    import yaml
+
+    from deployments.config import parse_app_config
+
+    args = yaml.safe_load(config.read_text())["applications"][0]["args"]
+    cards = parse_app_config(args).cards()
+    return next(c.context_length for c in cards.values() if c.kind == "generate")
+
+
+def measure_idle(targets: Targets, seconds: float) -> dict[str, dict[str, float]]:
+    """CPU-seconds per second each role of each target spends with nothing to do (its fixed cost)."""
+    meters = {name: CpuMeter(server.pid) for name, server in _distinct(targets).items()}
+    before = {name: meter.snapshot() for name, meter in meters.items()}
+    time.sleep(seconds)
+    after = {name: meter.snapshot() for name, meter in meters.items()}
+    return {name: {role: s / seconds for role, s in cpu_between(before[name], after[name]).items()} for name in meters}
+
+
+def _distinct(targets: Targets) -> Targets:
+    """One entry per process tree (B-ollama is B's tree under another route)."""
+    seen: dict[int, str] = {}
+    return {name: server for name, server in targets.items() if seen.setdefault(server.pid, name) == name}
+
+
+def run_scenarios(targets: Targets, scenarios: list[Scenario], repeats: int) -> list[dict[str, Any]]:
     total = sum(s.num_requests * len(s.targets) for s in scenarios) * repeats
     rows: list[dict[str, Any]] = []
     with tqdm(total=total, unit="req", desc="benchmark") as bar:
@@ -110,13 +195,18 @@ def run_scenarios(urls: dict[str, str], scenarios: list[Scenario], repeats: int)
                     workload = scenario.workload
                     if target.endswith("-ollama"):
                         workload = Workload(**{**workload.__dict__, "api": "ollama"})
+                    if targets[target].chat_model and workload.api != "openai-embeddings":
+                        workload = Workload(**{**workload.__dict__, "model": targets[target].chat_model})
+                    meter = CpuMeter(targets[target].pid)
+                    before = meter.snapshot()
                     records, wall = asyncio.run(
-                        run_load(urls[target], workload, concurrency=scenario.concurrency,
+                        run_load(targets[target].url, workload, concurrency=scenario.concurrency,
                                  num_requests=scenario.num_requests, seed=repeat, on_done=bar.update)
                     )
+                    cpu = cpu_between(before, meter.snapshot())
                     rows.append({"scenario": scenario.name, "workload": workload.name, "api": api,
                                  "concurrency": scenario.concurrency, "target": target, "repeat": repeat,
-                                 **summarise(records, wall)})
+                                 **summarise(records, wall), "cpu_s": cpu})
     return rows
 
 
@@ -132,8 +222,28 @@ def median_of(rows: list[dict[str, Any]], scenario: str, target: str, path: tupl
     return statistics.median(values) if values else None
 
 
-def ratios(suite: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The target ratios of the benchmarks issue, with where we stand."""
+def cpu_figures(result: dict[str, Any], scenario: str, targets: list[str]) -> list[dict[str, Any]]:
+    """The CPU targets: CPU-s per 1,000 output tokens outside the engine, serving processes vs raw."""
+    per = {t: cpu_per_thousand(result, scenario, t, minus_idle=False) for t in targets}
+    out = []
+    for t in targets:
+        if per[t] is not None:
+            target = "<= 1.0" if t in ("B", "C") else "-"
+            out.append({"figure": f"{t}: CPU-s per 1,000 tokens outside the engine, {scenario}",
+                        "value": per[t]["all outside the engine"], "target": target})
+    a, b, r = per.get("A"), per.get("B"), per.get("R")
+    if a and b and a["http front"]:
+        out.append({"figure": f"B serving processes / A's whole API server (CPU per token), {scenario}",
+                    "value": b["serving processes"] / a["http front"], "target": "<= 2"})
+    if b and r and r["all outside the engine"]:
+        out.append({"figure": f"B / R outside the engine (CPU per token), {scenario}",
+                    "value": b["all outside the engine"] / r["all outside the engine"], "target": "< 1"})
+    return out
+
+
+def ratios(suite: str, rows: list[dict[str, Any]], idle: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """The target ratios of the benchmarks issues, with where we stand."""
+    result = {"rows": rows, "idle_cpu_per_s": idle or {}}
     def ratio(s: str, num: str, den: str, path: tuple[str, ...]) -> float | None:
         a, b = median_of(rows, s, num, path), median_of(rows, s, den, path)
         return a / b if a is not None and b else None
@@ -148,6 +258,7 @@ def ratios(suite: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {"figure": "streamed-chunk ceiling B/C (tokens/s, 32 streams, 0 ms/token)", "value": ratio("ceiling-32", "B", "C", ("output_tokens_per_s",)), "target": ">= 0.6"},
             {"figure": "time to first token B-C at 1 stream (ms, p50)", "value": diff_ms("ttft-1", "B", "C", ("ttft_s", "p50")), "target": "<= 10"},
             {"figure": "inter-token latency p99 B/C, 32 streams (reported, not gated)", "value": ratio("tpot-32", "B", "C", ("itl_s", "p99")), "target": "-"},
+            *cpu_figures(result, "ceiling-32", ["B", "C"]),
         ]
     top = 256 if suite == "gpu" else 16
     out = [
@@ -155,6 +266,9 @@ def ratios(suite: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"figure": f"median time to first token B/A at {top} streams", "value": ratio(f"chat-{top}", "B", "A", ("ttft_s", "p50")), "target": "<= 1.2"},
         {"figure": "time to first token B-A at 1 stream (ms, p50)", "value": diff_ms("chat-1", "B", "A", ("ttft_s", "p50")), "target": "<= 5 (GPU)"},
         {"figure": f"time per output token B/A at {top} streams", "value": ratio(f"chat-{top}", "B", "A", ("tpot_s", "p50")), "target": "-"},
+        {"figure": f"inter-token latency p99 B/A at {top} streams", "value": ratio(f"chat-{top}", "B", "A", ("itl_s", "p99")), "target": "<= 1.5"},
+        {"figure": f"output tokens/s R/A at {top} streams", "value": ratio(f"chat-{top}", "R", "A", ("output_tokens_per_s",)), "target": "-"},
+        *cpu_figures(result, f"chat-{top}", ["A", "B", "R"]),
     ]
     if suite == "gpu":
         out.append({"figure": "requests/s B/A at 256 streams", "value": ratio("chat-256", "B", "A", ("requests_per_s",)), "target": ">= 0.97"})
@@ -167,18 +281,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", default="", help="comma-separated scenario names to run (default: all)")
+    parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle stack measured for fixed costs")
+    parser.add_argument("--no-ray-llm", action="store_true", help="leave out R (Ray Serve LLM)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME:VAR=VALUE,...: our stack again with this env (repeatable), e.g. "
+                             "direct:RAY_SERVE_ENABLE_HA_PROXY=0")
     options = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = options.out / f"{stamp}-{options.suite}"
     with ExitStack() as stack:
+        variants = parse_variants(options.variant)
         if options.suite == "fake":
-            urls, scenarios = fake_suite(work, stack)
+            targets, scenarios = fake_suite(work, stack, variants)
         else:
-            urls, scenarios = cpu_suite(work, stack, gpu=options.suite == "gpu")
+            targets, scenarios = cpu_suite(work, stack, variants, gpu=options.suite == "gpu", ray_llm=not options.no_ray_llm)
         if options.only:
             scenarios = [s for s in scenarios if s.name in options.only.split(",")]
-        rows = run_scenarios(urls, scenarios, options.repeats)
-    result = {"suite": options.suite, "date": stamp, "rows": rows, "ratios": ratios(options.suite, rows)}
+        idle = measure_idle(targets, options.idle_s)
+        rows = run_scenarios(targets, scenarios, options.repeats)
+    result = {"suite": options.suite, "date": stamp, "idle_cpu_per_s": idle, "rows": rows,
+              "ratios": ratios(options.suite, rows, idle)}
     (work / "results.json").write_text(json.dumps(result, indent=2))
     report = write_report(result, work)
     print(report)

@@ -33,7 +33,8 @@ def summarise(records: list[RequestRecord], wall_s: float, ttft_target_s: float 
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     tpots = [r.tpot for r in ok if r.tpot is not None]
     itls = [gap for r in ok for gap in r.inter_token_latencies()]
-    tokens = sum(r.output_tokens for r in ok)
+    # The servers' own counts where they sent them (a frame may carry several tokens).
+    tokens = sum(r.reported_tokens if r.reported_tokens is not None else r.output_tokens for r in ok)
     good = [
         r for r in ok
         if (ttft_target_s is None or (r.ttft is not None and r.ttft <= ttft_target_s))
@@ -45,6 +46,7 @@ def summarise(records: list[RequestRecord], wall_s: float, ttft_target_s: float 
         "errors": sorted({r.error or str(r.status) for r in records if not r.ok})[:5],
         "wall_s": wall_s,
         "requests_per_s": len(ok) / wall_s if wall_s else 0.0,
+        "output_tokens": tokens,
         "output_tokens_per_s": tokens / wall_s if wall_s else 0.0,
         "goodput_requests_per_s": len(good) / wall_s if wall_s else 0.0,
         "ttft_s": _dist(ttfts),
