@@ -14,10 +14,6 @@ ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: install models run run-fake test test-fast lint clean
 
-# Ray Serve's throughput-optimised settings for every Ray process `serve run` starts (proxy and
-# controller included; config files set it for replicas too): see benchmarks/README.md.
-SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1
-
 $(PY):
 	python3 -m venv $(VENV)
 
@@ -40,7 +36,7 @@ models: install
 
 # Serve the real stack; prints where to reach it once every model is ready.
 run: models
-	@$(SERVE_ENV) $(VENV)/bin/serve run config.yaml & pid=$$!; \
+	@$(VENV)/bin/serve run config.yaml & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid' INT TERM EXIT; \
 	echo "Starting the graph (vLLM on CPU takes about a minute)..."; \
 	until curl -sf localhost:8000/api/tags 2>/dev/null | grep -q '"state":"ready"' && \
@@ -55,7 +51,7 @@ run: models
 	wait $$pid
 
 run-fake: install
-	$(SERVE_ENV) $(VENV)/bin/serve run config.fake.yaml
+	$(VENV)/bin/serve run config.fake.yaml
 
 test: models
 	$(PY) -m pytest -q -ra

@@ -102,8 +102,8 @@ def classify(process: ProcessSample, parents: dict[int, ProcessSample]) -> str:
         return "engine"
     if "vllm.entrypoints.openai.api_server" in title or "vllm serve" in title:
         return "http front"  # raw vLLM's whole server
-    if "ProxyActor" in title or title.startswith("haproxy"):
-        return "http front"
+    if "ProxyActor" in title or "HAProxyManager" in title or process.name == "haproxy" or "/haproxy " in title:
+        return "http front"  # Serve's Python proxy, or HAProxy (its binary and the actor that runs it)
     if "ServeController" in title:
         return "controller"
     match = _REPLICA.search(title)

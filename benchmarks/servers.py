@@ -52,12 +52,18 @@ def wait_ready(base_url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -
     raise TimeoutError(f"{base_url} not ready after {timeout_s}s")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def _process(cmd: list[str], base_url: str, log: Path, env: dict[str, str] | None, timeout_s: float) -> Iterator[Server]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
+        # SIGINT back to its default: a benchmark started in the background inherits it ignored,
+        # and then `serve run` would not shut Serve down (HAProxy outlives a SIGKILLed stack).
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_sigint)
         try:
             wait_ready(base_url, timeout_s, proc)
             yield Server(base_url, proc.pid)
@@ -83,10 +89,17 @@ def write_config(base: Path, mutate: Any, target: Path) -> Path:
 
 @contextmanager
 def serve_stack(config: Path, port: int, log: Path, timeout_s: float = 600, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Our stack through Ray Serve: ``serve run config`` on ``port``."""
+    """Our stack through Ray Serve: ``serve run config`` on ``port``.
+
+    ``env`` reaches every process ``serve run`` starts and overrides the config's own
+    ``controller_options`` env vars (which Serve's processes would otherwise take over it).
+    """
     def set_port(cfg: dict[str, Any]) -> None:
         cfg.setdefault("http_options", {})["port"] = port
         cfg["http_options"]["host"] = "127.0.0.1"
+        serve_env = cfg.get("controller_options", {}).get("runtime_env", {}).get("env_vars")
+        if serve_env is not None:
+            serve_env.update({k: v for k, v in (env or {}).items() if k in serve_env})
 
     cfg = write_config(config, set_port, log.with_suffix(".yaml"))
     with _process([str(VENV_BIN / "serve"), "run", str(cfg)], f"http://127.0.0.1:{port}", log,

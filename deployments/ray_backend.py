@@ -57,6 +57,7 @@ class RayBackend:
         app_name: str,
         retry_after_s: float,
         status_ttl_s: float = 1.0,
+        failure_check_s: float = 10.0,
     ) -> None:
         self._stream_handles = {name: h.options(stream=True) for name, h in handles.items()}
         self._handles = dict(handles)
@@ -65,6 +66,7 @@ class RayBackend:
         self._app_name = app_name
         self._retry_after = str(max(1, round(retry_after_s)))
         self._status_ttl_s = status_ttl_s
+        self._failure_check_s = failure_check_s
         self._status_cache: tuple[float, list[ModelStatus]] | None = None
         # Models whose deployment gave up (DEPLOY_FAILED): refused at once. An UNHEALTHY one is
         # listed as failed too, but Serve is replacing its replica, so requests wait for it.
@@ -100,12 +102,15 @@ class RayBackend:
         """503 at once for a model whose deployment failed to start (Serve would queue it).
 
         Never waits for the controller on the request path: it reads the last known statuses
-        and, when they are stale, refreshes them in the background (reading Serve's status
-        takes tens of milliseconds, which would land on every request's time to first token).
+        and, when they are older than ``failure_check_s``, refreshes them in the background.
+        Reading Serve's status costs the ingress about 25 ms of CPU, which would land on every
+        request's time to first token if awaited, and at one read a second under load is a
+        tenth of the ingress's whole CPU on a slow engine (benchmarks/README.md); a deployment
+        gives up only after minutes of failed starts, so ten seconds more to notice is nothing.
         """
         if self._status_cache is None:
             await self.list_models()
-        elif time.monotonic() - self._status_cache[0] >= self._status_ttl_s and not self._status_lock.locked():
+        elif time.monotonic() - self._status_cache[0] >= self._failure_check_s and not self._status_lock.locked():
             task = asyncio.create_task(self.list_models())
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -28,6 +28,12 @@ def fake_config_args() -> dict[str, Any]:
     return copy.deepcopy(config["applications"][0]["args"])
 
 
+def serve_env() -> dict[str, str]:
+    """The env vars config.fake.yaml gives Serve's controller (and so its proxy and replicas)."""
+    config = yaml.safe_load((REPO / "config.fake.yaml").read_text())
+    return dict(config["controller_options"]["runtime_env"]["env_vars"])
+
+
 @contextmanager
 def local_ray(num_cpus: int = 8, **init_kwargs: Any) -> Iterator[int]:
     """A local Ray with Serve's HTTP proxy on a free loopback port; yields the port.
@@ -35,19 +41,33 @@ def local_ray(num_cpus: int = 8, **init_kwargs: Any) -> Iterator[int]:
     Logical CPUs exceed the 2 real cores so fractional replicas all fit (FACTS.md).
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # The cluster runs as in production (Makefile, config files, k8s image): Serve's
-    # throughput-optimised mode, inherited by the processes ray.init starts. This test process
-    # read Serve's constants at import without it, so its handles (engine_stats, called from
-    # threads) keep their router on a separate loop.
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # The cluster runs as in production: the Serve settings of the config files'
+    # controller_options (throughput-optimised mode, HAProxy front, control loop), inherited by
+    # the processes ray.init starts. This test process read Serve's constants at import without
+    # them, so its handles (engine_stats, called from threads) keep their router on a separate loop.
+    for name, value in serve_env().items():
+        os.environ.setdefault(name, value)
     port = free_port()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **init_kwargs)
+    _init_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **init_kwargs)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield port
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _init_ray(**kwargs: Any) -> None:
+    """``ray.init``, tried twice: on a loaded 2-core machine the raylet of a new local cluster,
+    started right after the previous module's cluster was torn down, has once missed Ray's fixed
+    30 s window to register with the GCS ("The current node timed out during startup")."""
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+        if "timed out during startup" not in str(exc):
+            raise
+        ray.shutdown()
+        ray.init(**kwargs)
 
 
 def deploy(args: dict[str, Any], name: str = APP_NAME, route_prefix: str = "/") -> None:

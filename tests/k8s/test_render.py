@@ -102,3 +102,13 @@ def test_api_keys_reach_every_group_that_can_run_the_ingress(overlay):
             continue
         for container in group["template"]["spec"]["containers"]:
             assert "LLM_API_KEYS" in envs[f"{name}/{container['name']}"], name
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_image_sets_every_serve_setting_of_the_configs(overlay):
+    """KubeRay may start Serve's controller before serveConfigV2 arrives: the image carries them."""
+    dockerfile = (REPO / "k8s" / "Dockerfile").read_text().replace("\\\n", " ")
+    env_lines = [line.split(None, 1)[1] for line in dockerfile.splitlines() if line.startswith("ENV ")]
+    image_env = dict(item.split("=", 1) for line in env_lines for item in line.split())
+    serve_env = serve_config(overlay)["controller_options"]["runtime_env"]["env_vars"]
+    assert serve_env and {name: image_env.get(name) for name in serve_env} == serve_env

@@ -88,5 +88,13 @@ def test_every_config_file_is_a_valid_serve_config_with_valid_args(name: str) ->
     schema = ServeDeploySchema.model_validate(document) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(document)
     (app,) = schema.applications
     assert app.import_path == "deployments.app:build_app"
-    assert app.runtime_env["env_vars"]["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    # Every config runs Serve as the integration tests do (they take config.fake.yaml's).
+    serve_env = schema.controller_options.runtime_env["env_vars"]
+    assert serve_env == serve_env_of("config.fake.yaml")
+    assert serve_env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert serve_env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     validate_config(document["applications"][0]["args"])
+
+
+def serve_env_of(name: str) -> dict[str, str]:
+    return yaml.safe_load((REPO / name).read_text())["controller_options"]["runtime_env"]["env_vars"]

