@@ -47,6 +47,10 @@ def local_ray(num_cpus: int = 8, **init_kwargs: Any) -> Iterator[int]:
     # them, so its handles (engine_stats, called from threads) keep their router on a separate loop.
     for name, value in serve_env().items():
         os.environ.setdefault(name, value)
+    # An ingress replica serving HTTP itself stays up 30 s after it is told to stop, so that load
+    # balancers stop sending to it first; no load balancer deregisters anything here, and each
+    # module's teardown would wait those 30 s.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     port = free_port()
     _init_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **init_kwargs)
     try:
