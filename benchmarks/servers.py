@@ -7,8 +7,6 @@ Each context manager yields a :class:`Server`: its base URL and the pid of the p
 from __future__ import annotations
 
 import copy
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from benchmarks.process_group import process_group
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -52,29 +52,11 @@ def wait_ready(base_url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -
     raise TimeoutError(f"{base_url} not ready after {timeout_s}s")
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @contextmanager
 def _process(cmd: list[str], base_url: str, log: Path, env: dict[str, str] | None, timeout_s: float) -> Iterator[Server]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        # SIGINT back to its default: a benchmark started in the background inherits it ignored,
-        # and then `serve run` would not shut Serve down (HAProxy outlives a SIGKILLed stack).
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True, preexec_fn=_default_sigint)
-        try:
-            wait_ready(base_url, timeout_s, proc)
-            yield Server(base_url, proc.pid)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+    with process_group(cmd, log, env, cwd=REPO) as proc:
+        wait_ready(base_url, timeout_s, proc)
+        yield Server(base_url, proc.pid)
 
 
 def write_config(base: Path, mutate: Any, target: Path) -> Path:
@@ -103,7 +85,7 @@ def serve_stack(config: Path, port: int, log: Path, timeout_s: float = 600, env:
 
     cfg = write_config(config, set_port, log.with_suffix(".yaml"))
     with _process([str(VENV_BIN / "serve"), "run", str(cfg)], f"http://127.0.0.1:{port}", log,
-                  {"RAY_AUTH_MODE": "disabled", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **(env or {})}, timeout_s) as server:
+                  {"RAY_AUTH_MODE": "disabled", **(env or {})}, timeout_s) as server:  # Serve's settings: the config
         yield server
 
 

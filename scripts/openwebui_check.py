@@ -19,19 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from Open WebUI's venv: the repo is not installed there
+from benchmarks.process_group import process_group  # noqa: E402 - needs the path above
+
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -67,25 +66,6 @@ def wait_http(url: str, timeout_s: float, ready: Any = None) -> None:
             pass
         time.sleep(2)
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s")
-
-
-@contextmanager
-def process(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own session, stopped (with its children) on the way out."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
 
 
 def stack_ready(body: str) -> bool:
@@ -232,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         backend = options.stack_url
         if backend is None:
             log("starting the stack (serve run config.yaml)")
-            stack.enter_context(process([str(REPO / ".venv/bin/serve"), "run", "config.yaml"], options.shots / "stack.log",
-                                        {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}))
+            # config.yaml's controller_options carry Serve's settings (as under `make run`).
+            stack.enter_context(process_group([str(REPO / ".venv/bin/serve"), "run", "config.yaml"], options.shots / "stack.log",
+                                              cwd=REPO))
             backend = "http://127.0.0.1:8000"
             wait_http(f"{backend}/api/tags", 900, stack_ready)
         if options.record is not None:
@@ -245,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         openwebui = str(Path(sys.executable).parent / "open-webui")
         log("starting Open WebUI")
         started = time.monotonic()
-        stack.enter_context(process([openwebui, "serve", "--host", "127.0.0.1", "--port", str(options.port)],
-                                    options.shots / "openwebui.log", openwebui_env(backend, data_dir)))
+        stack.enter_context(process_group([openwebui, "serve", "--host", "127.0.0.1", "--port", str(options.port)],
+                                          options.shots / "openwebui.log", openwebui_env(backend, data_dir), cwd=REPO))
         wait_http(f"http://127.0.0.1:{options.port}/health", 300)
         log(f"Open WebUI up in {time.monotonic() - started:.0f} s")
         results = []
