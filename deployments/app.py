@@ -56,7 +56,7 @@ def build_app(args: dict[str, Any]) -> Application:
     for model in config.models:
         name = deployment_name(model)
         names[model.name] = name
-        options = model.deployment.serve_options(config.retry_after_s)
+        options = model.serve_options(config.retry_after_s)
         card = cards[model.name]
         common = {"card": card.model_dump(), "engine_kind": model.engine, "engine_args": model.engine_args_for(card)}
         if model.kind == "generate":

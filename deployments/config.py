@@ -94,6 +94,85 @@ class DeploymentOptions(_Strict):
         return options
 
 
+RoutingPolicy = Literal["cache_aware", "serve_default", "ray_prefix_affinity"]
+_POLICY_SETTINGS: dict[str, set[str]] = {
+    "cache_aware": {"block_chars", "chars_per_token", "load_weight_tokens", "max_load_ratio",
+                    "load_slack_requests", "default_capacity_tokens"},
+    "ray_prefix_affinity": {
+        "imbalanced_threshold", "match_rate_threshold", "do_eviction", "eviction_threshold_chars",
+        "eviction_target_chars", "eviction_interval_secs",
+    },
+    "serve_default": set(),
+}
+
+
+class RoutingConfig(_Strict):
+    """How requests pick one of a model's replicas (used when it can have two or more).
+
+    ``cache_aware`` (default): prefix affinity and load scored together
+    (``deployments.prefix_index``); ``ray_prefix_affinity``: Ray's own
+    ``PrefixCacheAffinityRouter``; ``serve_default``: Serve's power of two choices. The settings
+    beside ``policy`` belong to it; one meant for another policy is refused.
+    """
+
+    policy: RoutingPolicy = "cache_aware"
+    stats_period_s: float = Field(
+        default=2.0, gt=0, description="How often replicas report KV capacity and prefix-cache counters."
+    )
+    # cache_aware
+    block_chars: int | None = Field(default=None, ge=8, description="Characters per prefix block (~16 tokens).")
+    chars_per_token: float | None = Field(default=None, gt=0)
+    load_weight_tokens: float | None = Field(
+        default=None, ge=0, description="Uncached prompt tokens one in-flight request weighs as."
+    )
+    max_load_ratio: float | None = Field(
+        default=None, ge=1, description="Busiest replica's in-flight requests over the average, at most."
+    )
+    load_slack_requests: int | None = Field(
+        default=None, ge=1, description="In-flight requests above the least loaded replica always allowed."
+    )
+    default_capacity_tokens: int | None = Field(
+        default=None, ge=1, description="KV capacity assumed for a replica that has not reported its own."
+    )
+    # ray_prefix_affinity (Ray's own names and meanings)
+    imbalanced_threshold: float | None = Field(default=None, ge=0)
+    match_rate_threshold: float | None = Field(default=None, ge=0, le=1)
+    do_eviction: bool | None = None
+    eviction_threshold_chars: int | None = Field(default=None, ge=1)
+    eviction_target_chars: int | None = Field(default=None, ge=1)
+    eviction_interval_secs: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_policy(cls, value: Any) -> Any:
+        return {"policy": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _settings_of_policy(self) -> RoutingConfig:
+        given = {name for name in self.model_fields_set if name not in ("policy", "stats_period_s")}
+        foreign = sorted(given - _POLICY_SETTINGS[self.policy])
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)} do not apply to routing policy '{self.policy}'")
+        return self
+
+    def router_kwargs(self) -> dict[str, Any]:
+        """The policy's settings as its router's ``initialize_state`` keywords."""
+        return self.model_dump(include=_POLICY_SETTINGS[self.policy], exclude_none=True)
+
+    def serve_option(self) -> dict[str, Any] | None:
+        """Serve's ``request_router_config`` for this policy (``None``: Serve's default router)."""
+        from deployments.request_routers import CACHE_AWARE_ROUTER, RAY_PREFIX_ROUTER  # imports Ray
+
+        if self.policy == "serve_default":
+            return None
+        router = CACHE_AWARE_ROUTER if self.policy == "cache_aware" else RAY_PREFIX_ROUTER
+        return {
+            "request_router_class": router,
+            "request_router_kwargs": self.router_kwargs(),
+            "request_routing_stats_period_s": self.stats_period_s,
+        }
+
+
 DEFAULT_CONTEXT_LENGTH = 2048
 
 
@@ -120,6 +199,24 @@ class ModelConfig(_Strict):
     quantization_level: str = ""
     format: str = "safetensors"
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    def max_replicas(self) -> int:
+        """The most replicas this model's deployment can have."""
+        options = self.deployment
+        if options.autoscaling_config is not None:
+            return options.autoscaling_config.max_replicas
+        return options.num_replicas or 1
+
+    def serve_options(self, retry_after_s: float) -> dict[str, Any]:
+        """``Deployment.options`` for this model: its deployment's, and its router when it can
+        have two or more replicas (one replica has nothing to choose)."""
+        options = self.deployment.serve_options(retry_after_s)
+        if self.kind == "generate" and self.max_replicas() >= 2:
+            router = self.routing.serve_option()
+            if router is not None:
+                options["request_router_config"] = router
+        return options
 
     def source(self) -> ModelSource | None:
         """The model's weights, when its engine loads any (``engine_args.source``)."""

@@ -54,6 +54,12 @@ class _EngineReplica:
             stats["unfinished_requests"] = unfinished()
         return stats
 
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Read by the model's request router (Serve pushes it every few seconds): the engine's
+        KV capacity in tokens and its own prefix-cache counters."""
+        stats = getattr(self.engine, "routing_stats", None)
+        return stats() if callable(stats) else {}
+
     async def __del__(self) -> None:
         await self.engine.shutdown()
 

@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.ray_backend import RayBackend
 from deployments.ray_limits import RayLimiter
 from deployments.ray_metrics import RayMetricsMirror
+from deployments.routing_metrics import RoutingCollector
 from serve_app.app import create_app
 from serve_app.core.internal_types import ModelCard
 from serve_app.settings import IngressSettings
@@ -91,4 +92,5 @@ class Ingress:
             self._settings,
             limiter=self._limiter,
             metrics_mirror=RayMetricsMirror(replica=self._replica),
+            collectors=[RoutingCollector()],
         )

@@ -7,11 +7,12 @@ server); nothing here reads settings or touches a backend at import.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match
@@ -123,12 +124,14 @@ def create_app(
     *,
     limiter: Limiter | None = None,
     metrics_mirror: MetricsMirror | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> FastAPI:
     """Build the ingress app serving ``cards`` through ``backend``.
 
     ``limiter`` keeps the per-key limits (in this process by default; the Ray ingress shares
     one across replicas); ``metrics_mirror`` receives every metric observation as well as this
-    app's own Prometheus registry (Ray's metrics export under Serve).
+    app's own Prometheus registry (Ray's metrics export under Serve); ``collectors`` add
+    families the deployment layer owns (the request routers' per-replica figures).
     """
     settings = settings or IngressSettings()
     gateway = Gateway(
@@ -139,6 +142,8 @@ def create_app(
     )
     keyring = settings.load_keyring(gateway.resolver.resolve)
     metrics = ServingMetrics(metrics_mirror)
+    for collector in collectors:
+        metrics.registry.register(collector)
     accounting = Accounting(
         metrics, limiter or InProcessLimiter(settings.lease_ttl_s()), usage_log=settings.usage_log
     )

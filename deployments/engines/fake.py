@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +45,12 @@ class FakeEngineConfig(BaseModel):
     fail_on_start: bool = False
     fail_after_tokens: int | None = None  # raise after this many tokens; 0 fails before any
     die_after_requests: int | None = None  # the engine dies (check_health fails) after N requests
+    # A prefix cache like vLLM's, so routing can be tested: prompts are cut into blocks of
+    # ``cache_block_tokens`` (fake) tokens, held in LRU order up to ``prefix_cache_tokens``;
+    # the first token waits ``prefill_s_per_token`` for every prompt token not in the cache.
+    prefix_cache_tokens: int = 0
+    cache_block_tokens: int = 16
+    prefill_s_per_token: float = 0.0
 
 
 def count_words(text: str) -> int:
@@ -80,6 +87,39 @@ def example_from_schema(schema: dict[str, Any]) -> Any:
     return None
 
 
+class FakePrefixCache:
+    """Blocks of prompt tokens in LRU order, as vLLM's prefix cache keeps them."""
+
+    def __init__(self, capacity_tokens: int, block_tokens: int) -> None:
+        self.capacity_blocks = capacity_tokens // max(block_tokens, 1)
+        self.block_tokens = max(block_tokens, 1)
+        self.blocks: OrderedDict[str, None] = OrderedDict()
+        self.queries = 0
+        self.hits = 0
+
+    def use(self, tokens: list[str]) -> int:
+        """Prefix tokens of ``tokens`` already cached; the prompt's full blocks are cached after."""
+        digest = hashlib.sha256()
+        keys = []
+        for start in range(0, len(tokens) - self.block_tokens + 1, self.block_tokens):
+            digest.update("\0".join(tokens[start : start + self.block_tokens]).encode())
+            keys.append(digest.hexdigest())
+        matched = 0
+        for key in keys:
+            if key not in self.blocks:
+                break
+            matched += 1
+        for key in reversed(keys):
+            self.blocks[key] = None
+            self.blocks.move_to_end(key)
+        while len(self.blocks) > self.capacity_blocks:
+            self.blocks.popitem(last=False)
+        hit = matched * self.block_tokens
+        self.queries += len(tokens)
+        self.hits += hit
+        return hit
+
+
 class FakeEngine:
     """Implements :class:`deployments.engines.base.Engine` deterministically."""
 
@@ -93,6 +133,7 @@ class FakeEngine:
         self.tokens_generated = 0
         self.dead = False
         self._requests_seen = 0
+        self.prefix_cache = FakePrefixCache(self.config.prefix_cache_tokens, self.config.cache_block_tokens)
 
     async def start(self) -> None:
         self.starts += 1
@@ -121,6 +162,25 @@ class FakeEngine:
             prompt = request.prompt
             return len(prompt) if isinstance(prompt, list) else count_words(prompt or "")
         return sum(1 + count_words(m.text()) for m in request.messages)
+
+    def prompt_token_list(self, request: GenerationRequest) -> list[str]:
+        """The prompt's fake tokens in the order a chat template renders them (tools, roles, words)."""
+        if request.kind == "completion":
+            prompt = request.prompt
+            return [str(t) for t in prompt] if isinstance(prompt, list) else (prompt or "").split()
+        tokens = [json.dumps([t.model_dump() for t in request.tools], sort_keys=True)] if request.tools else []
+        for message in request.messages:
+            tokens.append(f"<|{message.role}|>")
+            tokens.extend(message.text().split())
+        return tokens
+
+    def routing_stats(self) -> dict[str, Any]:
+        """What a cache-aware router reads: KV capacity and the prefix cache's own counters."""
+        return {
+            "kv_capacity_tokens": self.config.prefix_cache_tokens,
+            "prefix_cache_queries": self.prefix_cache.queries,
+            "prefix_cache_hits": self.prefix_cache.hits,
+        }
 
     def _limit(self, request: GenerationRequest) -> int:
         limit = self.card.context_length
@@ -196,14 +256,14 @@ class FakeEngine:
         return [TokenLogprob(token=token, logprob=-0.25, bytes=list(token.encode()), top_logprobs=top)]
 
     async def _choice(
-        self, index: int, request: GenerationRequest, prompt_tokens: int
+        self, index: int, request: GenerationRequest, prompt_tokens: int, cached: int = 0
     ) -> AsyncIterator[GenerationChunk]:
         tool = self._tool_to_call(request)
         if tool is not None:
             call = ToolCallDelta(0, f"call_{uuid.uuid4().hex[:24]}", tool, json.dumps({"arg": "tok0"}))
             self.tokens_generated += 1
             yield GenerationChunk(index, tool_calls=[call], finish_reason="tool_calls",
-                                  usage=Usage(prompt_tokens, 1))
+                                  usage=Usage(prompt_tokens, 1, cached))
             return
         produced = 0
         if request.think:
@@ -216,14 +276,14 @@ class FakeEngine:
         text_so_far = ""
         for i, piece in enumerate(pieces):
             if budget is not None and i >= budget:
-                yield GenerationChunk(index, finish_reason="length", usage=Usage(prompt_tokens, produced))
+                yield GenerationChunk(index, finish_reason="length", usage=Usage(prompt_tokens, produced, cached))
                 return
             await self._tick(request, produced)
             produced += 1
             stop_at = self._stop_position(text_so_far + piece, request.sampling.stop)
             if stop_at is not None:
                 cut = (text_so_far + piece)[:stop_at][len(text_so_far) :]
-                yield GenerationChunk(index, text=cut, finish_reason="stop", usage=Usage(prompt_tokens, produced))
+                yield GenerationChunk(index, text=cut, finish_reason="stop", usage=Usage(prompt_tokens, produced, cached))
                 return
             text_so_far += piece
             last = i == len(pieces) - 1
@@ -232,7 +292,7 @@ class FakeEngine:
                 text=piece,
                 logprobs=self._logprobs(piece, request),
                 finish_reason="stop" if last else None,
-                usage=Usage(prompt_tokens, produced) if last else None,
+                usage=Usage(prompt_tokens, produced, cached) if last else None,
             )
 
     @staticmethod
@@ -262,7 +322,12 @@ class FakeEngine:
         self.in_flight.add(rid)
         finished = False
         try:
-            streams = [self._choice(i, request, prompt_tokens) for i in range(request.sampling.n)]
+            cached = 0
+            if self.config.prefix_cache_tokens:
+                cached = min(self.prefix_cache.use(self.prompt_token_list(request)), prompt_tokens)
+            if self.config.prefill_s_per_token:
+                await asyncio.sleep((prompt_tokens - cached) * self.config.prefill_s_per_token)
+            streams = [self._choice(i, request, prompt_tokens, cached) for i in range(request.sampling.n)]
             # Round-robin over choices, as a batching engine interleaves them.
             while streams:
                 for stream in list(streams):

@@ -77,6 +77,7 @@ class _LazyStart:
     config: VLLMEngineConfig
     _engine: AsyncLLM | None
     _runner: Literal["generate", "pooling"]
+    prefix_cache: PrefixCacheCounters
 
     def _require_engine(self) -> AsyncLLM:
         if self._engine is None:
@@ -92,8 +93,9 @@ class _LazyStart:
         started = time.monotonic()
         served = self.config.served_model_name or self.card.name
         args = AsyncEngineArgs(**self.config.engine_args(model, served, runner=self._runner))
+        loggers = [_prefix_cache_logger_factory(self.prefix_cache)] if self._runner == "generate" else None
         try:
-            engine = AsyncLLM.from_engine_args(args)
+            engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         except Exception as exc:  # noqa: BLE001 - any start failure is an engine error
             raise EngineError(f"vLLM failed to start model '{self.card.name}' from {model}: {exc}") from exc
         self.start_seconds = time.monotonic() - started
@@ -147,6 +149,35 @@ def _already_shut_down(timeout: float | None = None) -> None:
     return None
 
 
+class PrefixCacheCounters:
+    """The engine's own prefix-cache counters (tokens queried and hit), summed since start."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.hits = 0
+
+
+def _prefix_cache_logger_factory(counters: PrefixCacheCounters) -> Any:
+    """A vLLM stat logger that adds each scheduler step's prefix-cache stats to ``counters``."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class PrefixCacheLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.counters = counters
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            stats = getattr(scheduler_stats, "prefix_cache_stats", None)
+            if stats is not None:
+                self.counters.queries += stats.queries
+                self.counters.hits += stats.hits
+
+        def log_engine_initialized(self) -> None:
+            return None
+
+    return PrefixCacheLogger
+
+
 # -- generation ------------------------------------------------------------------------------
 
 
@@ -164,6 +195,19 @@ class VLLMEngine(_LazyStart):
         self._override_max_tokens: int | None = None
         self.start_seconds: float | None = None
         self.requests_submitted = 0  # requests handed to vLLM (rejected ones never are)
+        self.prefix_cache = PrefixCacheCounters()
+
+    def routing_stats(self) -> dict[str, Any]:
+        """KV capacity in tokens and the prefix cache's own counters, for the request router."""
+        stats: dict[str, Any] = {
+            "prefix_cache_queries": self.prefix_cache.queries,
+            "prefix_cache_hits": self.prefix_cache.hits,
+        }
+        if self._engine is not None:
+            cache = self._engine.vllm_config.cache_config
+            if cache.num_gpu_blocks and cache.block_size:
+                stats["kv_capacity_tokens"] = int(cache.num_gpu_blocks) * int(cache.block_size)
+        return stats
 
     async def start(self) -> None:
         if self.card.kind != "generate":
@@ -249,11 +293,14 @@ class VLLMEngine(_LazyStart):
                 async for res in stream:
                     if res.prompt_token_ids is not None:
                         prompt_tokens = len(res.prompt_token_ids)
+                    cached_tokens = getattr(res, "num_cached_tokens", None) or 0
                     for out in res.outputs:
                         state = states[out.index]
                         if state.done:
                             continue
-                        chunk = output_chunk(out, state, prepared, res.prompt_token_ids, prompt_tokens, top_n)
+                        chunk = output_chunk(
+                            out, state, prepared, res.prompt_token_ids, prompt_tokens, top_n, cached_tokens
+                        )
                         if chunk is not None:
                             yield chunk
                 finished = all(s.done for s in states)

@@ -72,6 +72,7 @@ def output_chunk(
     prompt_token_ids: Any,
     prompt_tokens: int,
     top_n: int,
+    cached_tokens: int = 0,
 ) -> GenerationChunk | None:
     """One vLLM ``CompletionOutput`` delta as our chunk; ``None`` when it carries nothing yet."""
     if out.finish_reason == "error":
@@ -120,5 +121,5 @@ def output_chunk(
         tool_calls=calls or None,
         logprobs=logprobs,
         finish_reason=_map_finish(out.finish_reason, bool(calls)),
-        usage=Usage(prompt_tokens, state.completion_tokens),
+        usage=Usage(prompt_tokens, state.completion_tokens, cached_tokens),
     )

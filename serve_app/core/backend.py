@@ -50,8 +50,7 @@ def fold_chunks(chunks: Iterable[GenerationChunk]) -> GenerationResult:
     prompt is counted once, completion tokens are summed over choices.
     """
     choices: dict[int, ChoiceResult] = {}
-    prompt_tokens = 0
-    completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     for chunk in chunks:
         choice = choices.get(chunk.index)
         if choice is None:
@@ -66,6 +65,7 @@ def fold_chunks(chunks: Iterable[GenerationChunk]) -> GenerationResult:
             choice.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
             prompt_tokens = max(prompt_tokens, chunk.usage.prompt_tokens)
+            cached_tokens = max(cached_tokens, chunk.usage.cached_tokens)
             completion_tokens += chunk.usage.completion_tokens
     ordered = [choices[i] for i in sorted(choices)]
-    return GenerationResult(choices=ordered, usage=Usage(prompt_tokens, completion_tokens))
+    return GenerationResult(choices=ordered, usage=Usage(prompt_tokens, completion_tokens, cached_tokens))

@@ -191,6 +191,7 @@ class ToolCallDelta:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache already held
 
     @property
     def total_tokens(self) -> int:

@@ -111,7 +111,7 @@ def test_chat_stream_include_usage_raw_frames(shared_live_url: str) -> None:
     assert frames[-2] == "data: [DONE]"
     usage_frame = json.loads(frames[-3].removeprefix("data: "))
     assert usage_frame["choices"] == []
-    assert usage_frame["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert usage_frame["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def test_chat_async_both_modes(aoai: AsyncOpenAI) -> None:

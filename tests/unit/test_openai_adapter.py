@@ -242,7 +242,7 @@ def test_chat_chunks_golden() -> None:
         {**CHUNK_HEAD, "choices": [{"index": 0, "delta": {"content": "tok1 "}, "logprobs": None, "finish_reason": None}], "usage": None},
         {**CHUNK_HEAD, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}], "usage": None},
         {**CHUNK_HEAD, "choices": [{"index": 1, "delta": {"tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}, "index": 0}]}, "logprobs": None, "finish_reason": "tool_calls"}], "usage": None},
-        {**CHUNK_HEAD, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}},
+        {**CHUNK_HEAD, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 0}}},
     ]
     # Every chunk of a stream shares its id and created.
     assert len({chunks.chunk(GenerationChunk(0))["id"], chunks.usage_chunk()["id"], chunks.id}) == 1
@@ -270,7 +270,7 @@ def test_chat_completion_body_golden() -> None:
                                      "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
              "logprobs": None, "finish_reason": "tool_calls"},
         ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 0}},
     }
 
 
@@ -293,7 +293,7 @@ def test_completion_chunks_golden() -> None:
         {**CMPL_HEAD, "choices": [{"index": 2, "text": "x", "logprobs": None, "finish_reason": None}], "usage": None},
         {**CMPL_HEAD, "choices": [{"index": 0, "text": "t22", "logprobs": {"tokens": ["t22"], "token_logprobs": [-2.0], "top_logprobs": [{}], "text_offset": [5]}, "finish_reason": "stop"}], "usage": None},
         {**CMPL_HEAD, "choices": [{"index": 2, "text": "", "logprobs": None, "finish_reason": "length"}], "usage": None},
-        {**CMPL_HEAD, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}},
+        {**CMPL_HEAD, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 0}}},
     ]
 
 
@@ -310,7 +310,7 @@ def test_completion_body_golden() -> None:
             {"index": 2, "text": "p: c", "logprobs": {"tokens": ["c"], "token_logprobs": [-0.5], "top_logprobs": [{}], "text_offset": [3]}, "finish_reason": "stop"},
             {"index": 3, "text": "p: d", "logprobs": None, "finish_reason": "stop"},
         ],
-        "usage": {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11},
+        "usage": {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11, "prompt_tokens_details": {"cached_tokens": 0}},
     }
 
 
@@ -338,4 +338,4 @@ def test_model_object_golden() -> None:
 
 
 def test_usage_dict() -> None:
-    assert adapter.usage_dict(Usage(2, 5)) == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+    assert adapter.usage_dict(Usage(2, 5)) == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 0}}

@@ -231,12 +231,13 @@ def _tool_calls(calls: list[Any], streaming: bool) -> list[dict[str, Any]]:
     return out
 
 
-def usage_dict(usage: Usage) -> dict[str, int]:
-    """OpenAI's usage object."""
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object, with the prompt tokens the engine's prefix cache held."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
 
 
@@ -255,6 +256,7 @@ class ChatChunkAdapter:
         self._roles_sent: set[int] = set()
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._cached_tokens = 0
 
     def chunk(self, chunk: GenerationChunk) -> dict[str, Any]:
         """One chunk object for one internal chunk."""
@@ -271,6 +273,7 @@ class ChatChunkAdapter:
             delta["tool_calls"] = _tool_calls(chunk.tool_calls, streaming=True)
         if chunk.usage is not None:
             self._prompt_tokens = max(self._prompt_tokens, chunk.usage.prompt_tokens)
+            self._cached_tokens = max(self._cached_tokens, chunk.usage.cached_tokens)
             self._completion_tokens += chunk.usage.completion_tokens
         choice: dict[str, Any] = {
             "index": chunk.index,
@@ -299,7 +302,7 @@ class ChatChunkAdapter:
             "model": self.model,
             "system_fingerprint": None,
             "choices": [],
-            "usage": usage_dict(Usage(self._prompt_tokens, self._completion_tokens)),
+            "usage": usage_dict(Usage(self._prompt_tokens, self._completion_tokens, self._cached_tokens)),
         }
 
 
@@ -405,10 +408,11 @@ def completion_body(
 ) -> dict[str, Any]:
     """A ``text_completion`` object for one folded result per prompt."""
     choices = []
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     for group, result in enumerate(results):
         prompt_tokens += result.usage.prompt_tokens
         completion_tokens += result.usage.completion_tokens
+        cached_tokens += result.usage.cached_tokens
         echo = echo_prompts[group] or ""
         for choice in result.choices:
             choices.append(
@@ -426,7 +430,7 @@ def completion_body(
         "model": model,
         "system_fingerprint": None,
         "choices": choices,
-        "usage": usage_dict(Usage(prompt_tokens, completion_tokens)),
+        "usage": usage_dict(Usage(prompt_tokens, completion_tokens, cached_tokens)),
     }
 
 
