@@ -159,13 +159,19 @@ class RoutingConfig(_Strict):
         """The policy's settings as its router's ``initialize_state`` keywords."""
         return self.model_dump(include=_POLICY_SETTINGS[self.policy], exclude_none=True)
 
-    def serve_option(self) -> dict[str, Any] | None:
-        """Serve's ``request_router_config`` for this policy (``None``: Serve's default router)."""
-        from deployments.request_routers import CACHE_AWARE_ROUTER, RAY_PREFIX_ROUTER  # imports Ray
+    def serve_option(self) -> dict[str, Any]:
+        """Serve's ``request_router_config`` for this policy."""
+        from deployments.request_routers import (  # imports Ray
+            CACHE_AWARE_ROUTER,
+            RAY_PREFIX_ROUTER,
+            SERVE_DEFAULT_ROUTER,
+        )
 
-        if self.policy == "serve_default":
-            return None
-        router = CACHE_AWARE_ROUTER if self.policy == "cache_aware" else RAY_PREFIX_ROUTER
+        router = {
+            "cache_aware": CACHE_AWARE_ROUTER,
+            "ray_prefix_affinity": RAY_PREFIX_ROUTER,
+            "serve_default": SERVE_DEFAULT_ROUTER,
+        }[self.policy]
         return {
             "request_router_class": router,
             "request_router_kwargs": self.router_kwargs(),
@@ -213,9 +219,7 @@ class ModelConfig(_Strict):
         have two or more replicas (one replica has nothing to choose)."""
         options = self.deployment.serve_options(retry_after_s)
         if self.kind == "generate" and self.max_replicas() >= 2:
-            router = self.routing.serve_option()
-            if router is not None:
-                options["request_router_config"] = router
+            options["request_router_config"] = self.routing.serve_option()
         return options
 
     def source(self) -> ModelSource | None:

@@ -10,7 +10,8 @@ A model's ``routing:`` in config.yaml picks one (``deployments.config.RoutingCon
   (pushed by the controller) are all it reads.
 - ``ray_prefix_affinity`` (``deployments.ray_prefix_router``): Ray's own
   ``PrefixCacheAffinityRouter``, taught to read our request type, so the two compare on equal terms.
-- ``serve_default``: Serve's power-of-two-choices router.
+- ``serve_default`` (:class:`CountingPowerOfTwoRouter`): Serve's power-of-two-choices router,
+  unchanged but for counting what it routes, so ``/metrics`` compares the three.
 
 Every router registers with ``deployments.routing_metrics``, which the ingress renders on
 ``/metrics`` (routed requests, the router's predicted prefix hits, and the engines' own
@@ -23,6 +24,7 @@ import logging
 import time
 from typing import Any
 
+from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from deployments import routing_metrics
@@ -40,6 +42,7 @@ from serve_app.core.internal_types import GenerationRequest
 logger = logging.getLogger("ray.serve")
 
 CACHE_AWARE_ROUTER = "deployments.request_routers.CacheAwareRouter"
+SERVE_DEFAULT_ROUTER = "deployments.request_routers.CountingPowerOfTwoRouter"
 RAY_PREFIX_ROUTER = "deployments.ray_prefix_router.RayPrefixAffinityRouter"
 # The replica's routing stats (``record_routing_stats``) that the routers read.
 KV_CAPACITY_KEY = "kv_capacity_tokens"
@@ -246,3 +249,16 @@ class CacheAwareRouter(ReplicaStatsMixin, RequestRouter):
 
     def index_blocks_by_replica(self) -> dict[str, int]:
         return {load.replica: len(load.index) for load in list(self._loads.values())}
+
+
+class CountingPowerOfTwoRouter(ReplicaStatsMixin, PowerOfTwoChoicesRequestRouter):
+    """Serve's default router, choosing exactly as Serve does; it only counts for ``/metrics``."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        super().initialize_state(**kwargs)
+        self._init_stats()
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        super().on_request_routed(pending_request, replica_id, result)
+        if generation_request(pending_request) is not None:
+            self._count_routed(replica_id.unique_id, 0.0, 0.0)

@@ -110,7 +110,8 @@ def test_routing_config_picks_serves_router_class_and_refuses_foreign_settings()
     ray_model = parse_app_config(_config({"policy": "ray_prefix_affinity", "imbalanced_threshold": 4})).models[0]
     ray_router = ray_model.serve_options(1.0)["request_router_config"]
     assert ray_router["request_router_kwargs"] == {"imbalanced_threshold": 4.0}
-    assert "request_router_config" not in parse_app_config(_config("serve_default")).models[0].serve_options(1.0)
+    default = parse_app_config(_config("serve_default")).models[0].serve_options(1.0)["request_router_config"]
+    assert default["request_router_class"] == "deployments.request_routers.CountingPowerOfTwoRouter"
     assert "request_router_config" not in parse_app_config(_config("cache_aware", 1)).models[0].serve_options(1.0)
     with pytest.raises(ConfigError, match="imbalanced_threshold do not apply"):
         parse_app_config(_config({"policy": "cache_aware", "imbalanced_threshold": 4}))
