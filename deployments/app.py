@@ -58,7 +58,12 @@ def build_app(args: dict[str, Any]) -> Application:
         names[model.name] = name
         options = model.serve_options(config.retry_after_s)
         card = cards[model.name]
-        common = {"card": card.model_dump(), "engine_kind": model.engine, "engine_args": model.engine_args_for(card)}
+        common = {
+            "card": card.model_dump(),
+            "engine_kind": model.engine,
+            "engine_args": model.engine_args_for(card),
+            "keep_alive": model.scale_to_zero.keep_alive() if model.on_demand else None,
+        }
         if model.kind == "generate":
             bound = LLMServer.options(name=name, **options).bind(
                 **common, group_interval_s=config.streaming.group_interval_s
@@ -73,4 +78,5 @@ def build_app(args: dict[str, Any]) -> Application:
         names,
         config.ingress.settings,
         config.retry_after_s,
+        {m.name: m.scale_to_zero.model_dump() for m in config.models if m.on_demand},
     )

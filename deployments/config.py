@@ -179,6 +179,28 @@ class RoutingConfig(_Strict):
         }
 
 
+class ScaleToZeroConfig(_Strict):
+    """A model with ``autoscaling_config.min_replicas: 0``: loaded on demand, unloaded when idle.
+
+    As Ollama does it: each request's ``keep_alive`` (Ollama API; the default for others) sets how
+    long the model stays loaded once idle, within ``max_keep_alive_s``. Requests that arrive while
+    it loads wait at the ingress, at most ``load_queue_limit`` of them and ``load_timeout_s`` each;
+    past either they are answered 503 with ``Retry-After``.
+    """
+
+    keep_alive_s: float = Field(default=300.0, ge=0, description="Idle seconds before unloading (Ollama: 5m).")
+    max_keep_alive_s: float | None = Field(
+        default=3600.0, ge=0, description="The longest keep_alive a request gets; null lets a negative one keep it loaded."
+    )
+    load_timeout_s: float = Field(default=600.0, gt=0)
+    load_queue_limit: int = Field(default=64, ge=1)
+
+    def keep_alive(self) -> dict[str, Any]:
+        """The replica's ``KeepAlive`` arguments."""
+        return {"default_s": self.keep_alive_s, "max_s": self.max_keep_alive_s}
+
+
+KEEP_ALIVE_POLICY = "deployments.keep_alive_policy:keep_alive_policy"
 DEFAULT_CONTEXT_LENGTH = 2048
 
 
@@ -206,6 +228,19 @@ class ModelConfig(_Strict):
     format: str = "safetensors"
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    scale_to_zero: ScaleToZeroConfig = Field(default_factory=ScaleToZeroConfig)
+
+    @model_validator(mode="after")
+    def _scale_to_zero_needs_min_zero(self) -> ModelConfig:
+        if "scale_to_zero" in self.model_fields_set and not self.on_demand:
+            raise ValueError("scale_to_zero applies to a model with deployment.autoscaling_config.min_replicas: 0")
+        return self
+
+    @property
+    def on_demand(self) -> bool:
+        """It scales to zero: loaded by its first request, unloaded when idle."""
+        scaling = self.deployment.autoscaling_config
+        return scaling is not None and scaling.min_replicas == 0
 
     def max_replicas(self) -> int:
         """The most replicas this model's deployment can have."""
@@ -220,6 +255,14 @@ class ModelConfig(_Strict):
         options = self.deployment.serve_options(retry_after_s)
         if self.kind == "generate" and self.max_replicas() >= 2:
             options["request_router_config"] = self.routing.serve_option()
+        if self.on_demand:
+            scaling = options["autoscaling_config"]
+            # Our policy holds the last replica until its keep-alive ends, then lets it go at once;
+            # replicas report that deadline every second, over a short window.
+            scaling["policy"] = {"policy_function": KEEP_ALIVE_POLICY}
+            scaling["downscale_to_zero_delay_s"] = 0.0
+            scaling.setdefault("metrics_interval_s", 1.0)
+            scaling.setdefault("look_back_period_s", 2.0)
         return options
 
     def source(self) -> ModelSource | None:

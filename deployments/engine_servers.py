@@ -16,6 +16,8 @@ from ray import serve
 
 from deployments.chunk_grouping import group_chunks
 from deployments.engines.registry import build_engine
+from deployments.keep_alive import NEVER, KeepAlive
+from deployments.keep_alive_policy import KEEP_ALIVE_METRIC
 from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -28,13 +30,42 @@ logger = logging.getLogger("ray.serve")
 
 
 class _EngineReplica:
-    """What both servers share: start the engine, report health, shut down."""
+    """What both servers share: start the engine, report health, keep-alive, shut down."""
 
-    async def __init__(self, card: dict[str, Any], engine_kind: str, engine_args: dict[str, Any]) -> None:
+    async def __init__(
+        self,
+        card: dict[str, Any],
+        engine_kind: str,
+        engine_args: dict[str, Any],
+        keep_alive: dict[str, Any] | None = None,
+    ) -> None:
         self.card = ModelCard.model_validate(card)
         self.engine = build_engine(engine_kind, self.card, engine_args)
         await self.engine.start()
+        # A model that scales to zero: idle until this deadline, then Serve may unload it.
+        self._keep_alive = KeepAlive(**keep_alive) if keep_alive is not None else None
+        self._until = self._keep_alive.until(time.time(), None) if self._keep_alive else NEVER
         logger.info("engine for %s started", self.card.name)
+
+    def _touch(self, keep_alive_s: float | None) -> float:
+        """A request ended (or a load was asked for): the idle deadline starts again from now."""
+        if self._keep_alive is not None:
+            self._until = self._keep_alive.until(time.time(), keep_alive_s)
+        return self._until
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """For Serve's autoscaler (``deployments.keep_alive_policy``): when this replica may go."""
+        return {KEEP_ALIVE_METRIC: self._until}
+
+    async def load(self, keep_alive_s: float | None = None) -> float | None:
+        """Ollama's load (no prompt): keep the model for ``keep_alive_s`` from now (0: unload).
+        Returns the deadline, ``None`` when it never unloads."""
+        until = self._touch(keep_alive_s)
+        return None if until >= NEVER else until
+
+    async def keep_alive_until(self) -> float | None:
+        """The idle deadline (``None``: never), for ``/api/ps``."""
+        return None if self._until >= NEVER else self._until
 
     async def check_health(self) -> None:
         """Raise when the engine is dead, so Serve replaces this replica."""
@@ -74,8 +105,9 @@ class LLMServer(_EngineReplica):
         engine_kind: str,
         engine_args: dict[str, Any],
         group_interval_s: float = 0.01,
+        keep_alive: dict[str, Any] | None = None,
     ) -> None:
-        await super().__init__(card, engine_kind, engine_args)
+        await super().__init__(card, engine_kind, engine_args, keep_alive)
         self.group_interval_s = group_interval_s
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
@@ -86,11 +118,14 @@ class LLMServer(_EngineReplica):
         """
         queued_s = None if request.submitted_at is None else max(time.time() - request.submitted_at, 0.0)
         first = True
-        async for batch in group_chunks(self.engine.generate(request), self.group_interval_s):
-            if first and batch:
-                batch[0].queued_s = queued_s
-                first = False
-            yield batch
+        try:
+            async for batch in group_chunks(self.engine.generate(request), self.group_interval_s):
+                if first and batch:
+                    batch[0].queued_s = queued_s
+                    first = False
+                yield batch
+        finally:
+            self._touch(request.keep_alive_s)
 
 
 @serve.deployment(name="EmbeddingServer")
@@ -99,4 +134,7 @@ class EmbeddingServer(_EngineReplica):
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed every input of the request."""
-        return await self.engine.embed(request)
+        try:
+            return await self.engine.embed(request)
+        finally:
+            self._touch(request.keep_alive_s)

@@ -66,6 +66,7 @@ class Ingress:
         deployment_names: dict[str, str],
         settings: dict[str, Any],
         retry_after_s: float,
+        on_demand: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self._cards = [ModelCard.model_validate(c) for c in cards]
         # Settings are read here, in the replica, so LLM_* secrets come from its environment.
@@ -81,6 +82,7 @@ class Ingress:
             deployment_names,
             app_name=app_name,
             retry_after_s=retry_after_s,
+            on_demand=on_demand,
         )
         # Key limits hold across every ingress replica of the application.
         self._limiter = RayLimiter(app_name, self._settings.lease_ttl_s())

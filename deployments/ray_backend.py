@@ -18,6 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.cold_start import ColdStartGate
 from serve_app.core.errors import EngineError, ModelNotFound, ModelUnavailable, Overloaded, ServingError
 from serve_app.core.internal_types import (
     EmbeddingRequest,
@@ -34,7 +35,7 @@ logger = logging.getLogger("ray.serve")
 _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
 
 
-def _state_of(deployment_status: Any) -> tuple[ModelState, int, str | None]:
+def _state_of(deployment_status: Any, on_demand: bool = False) -> tuple[ModelState, int, str | None]:
     """Our (state, running replicas, message) from Serve's DeploymentStatusOverview."""
     running = int(deployment_status.replica_states.get("RUNNING", 0))
     status = str(getattr(deployment_status.status, "value", deployment_status.status))
@@ -43,6 +44,8 @@ def _state_of(deployment_status: Any) -> tuple[ModelState, int, str | None]:
         return "ready", running, None
     if status in ("DEPLOY_FAILED", "UNHEALTHY"):
         return "failed", 0, message
+    if on_demand and not any(deployment_status.replica_states.values()):
+        return "unloaded", 0, None  # scaled to zero: the next request loads it
     return "starting", 0, message
 
 
@@ -58,6 +61,7 @@ class RayBackend:
         retry_after_s: float,
         status_ttl_s: float = 1.0,
         failure_check_s: float = 10.0,
+        on_demand: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self._stream_handles = {name: h.options(stream=True) for name, h in handles.items()}
         self._handles = dict(handles)
@@ -73,6 +77,15 @@ class RayBackend:
         self._deploy_failed: dict[str, str] = {}
         self._background: set[asyncio.Task[object]] = set()
         self._status_lock = asyncio.Lock()
+        # Models that scale to zero: the bounded wait while one loads (deployments.cold_start).
+        self._gates = {
+            name: ColdStartGate(name, settings, self._retry_after) for name, settings in (on_demand or {}).items()
+        }
+
+    def _gate(self, model: str) -> ColdStartGate | None:
+        """The model's gate while it may be loading; ``None`` when requests go straight through."""
+        gate = self._gates.get(model)
+        return gate if gate is not None and not gate.loaded() else None
 
     def _translate(self, exc: BaseException, model: str, started: bool) -> ServingError | None:
         if isinstance(exc, RayTaskError) and isinstance(exc.cause, ServingError):
@@ -127,9 +140,19 @@ class RayBackend:
         await self._refuse_if_failed(request.model)
         responses = None
         started = finished = False
+        gate = self._gate(request.model)
         try:
-            # Serve may reject at submission (back-pressure) as well as on the first read.
-            responses = handle.generate.remote(request)
+            if gate is not None:
+                async with gate.admitted():
+                    # Serve may reject at submission (back-pressure) as well as on the first read.
+                    responses = handle.generate.remote(request)
+                    first = await gate.first(anext(responses, None))
+                gate.note_finished(request.keep_alive_s)
+                if first is not None:
+                    started = True
+                    yield first
+            else:
+                responses = handle.generate.remote(request)
             async for batch in responses:
                 started = True
                 yield batch
@@ -140,6 +163,8 @@ class RayBackend:
                 raise
             raise translated from exc
         finally:
+            if request.model in self._gates and started:
+                self._gates[request.model].note_finished(request.keep_alive_s)
             if responses is not None and not finished:
                 # The caller stopped reading (disconnect, deadline, error): cancel the replica's
                 # generator, which aborts the request in the engine. Cancelling a request Serve
@@ -152,13 +177,53 @@ class RayBackend:
         if handle is None:
             raise ModelNotFound(request.model)
         await self._refuse_if_failed(request.model)
+        gate = self._gate(request.model)
         try:
-            return await handle.embed.remote(request)
+            if gate is None:
+                result = await handle.embed.remote(request)
+            else:
+                async with gate.admitted():
+                    result = await gate.first(handle.embed.remote(request))
         except Exception as exc:
             translated = self._translate(exc, request.model, started=False)
             if translated is None:
                 raise
             raise translated from exc
+        if request.model in self._gates:
+            self._gates[request.model].note_finished(request.keep_alive_s)
+        return result
+
+    async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
+        """Load an on-demand model (through its gate) or, with ``keep_alive_s`` 0, let it unload.
+
+        A model that never scales to zero is always loaded: nothing to do."""
+        handle = self._handles.get(model)
+        if handle is None:
+            raise ModelNotFound(model)
+        gates = self._gates.get(model)
+        if gates is None:
+            return None
+        await self._refuse_if_failed(model)
+        if keep_alive_s == 0 and not gates.loaded():
+            status = next((s for s in await self.list_models() if s.card.name == model), None)
+            if status is None or status.replicas == 0:
+                return time.time()  # not loaded: nothing to unload (and no load for it)
+        gate = self._gate(model)
+        try:
+            if gate is None:
+                until = await handle.load.remote(keep_alive_s)
+            else:
+                async with gate.admitted():
+                    until = await gate.first(handle.load.remote(keep_alive_s))
+        except Exception as exc:
+            translated = self._translate(exc, model, started=False)
+            if translated is None:
+                raise
+            raise translated from exc
+        gates.note_loaded(until)
+        if keep_alive_s == 0:
+            gates.note_unloaded()
+        return until
 
     async def list_models(self) -> list[ModelStatus]:
         """Configured models with Serve's view of their replicas (cached for a second)."""
@@ -186,11 +251,23 @@ class RayBackend:
         for name, card in self._cards.items():
             overview = deployments.get(self._deployment_names[name])
             if overview is None:
-                statuses.append(ModelStatus(card=card, state="starting", replicas=0))
+                statuses.append(ModelStatus(card=card, state="starting", replicas=0, on_demand=name in self._gates))
                 continue
-            state, replicas, message = _state_of(overview)
+            gate = self._gates.get(name)
+            state, replicas, message = _state_of(overview, on_demand=gate is not None)
             if state == "failed" and str(getattr(overview.status, "value", overview.status)) == "DEPLOY_FAILED":
                 deploy_failed[name] = message or ""
-            statuses.append(ModelStatus(card=card, state=state, replicas=replicas, message=message))
+            if gate is not None and replicas == 0:
+                gate.note_unloaded()
+            statuses.append(
+                ModelStatus(
+                    card=card,
+                    state=state,
+                    replicas=replicas,
+                    message=message,
+                    on_demand=gate is not None,
+                    expires_at=gate.expires_at() if gate is not None and replicas > 0 else None,
+                )
+            )
         self._deploy_failed = deploy_failed
         return statuses

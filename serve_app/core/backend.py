@@ -42,6 +42,12 @@ class Backend(Protocol):
         """Embed every input of the request."""
         ...
 
+    async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
+        """Load ``model`` if it is not (waiting as a first request would), and keep it loaded for
+        ``keep_alive_s`` idle seconds (0: unload now, if it is loaded; negative: for as long as
+        allowed). Returns when it unloads if idle (epoch seconds), ``None`` if it never does."""
+        ...
+
 
 def fold_chunks(chunks: Iterable[GenerationChunk]) -> GenerationResult:
     """The complete result a chunk stream describes.

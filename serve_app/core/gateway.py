@@ -129,15 +129,21 @@ class Gateway:
         return result
 
     async def require_ready(self, model: str) -> None:
-        """503 (with ``Retry-After`` while starting) unless ``model`` has a ready replica."""
+        """503 (with ``Retry-After`` while starting) unless ``model`` has a ready replica or loads
+        on demand (a model that scales to zero: the request itself loads it)."""
         for status in await self.model_statuses():
             if status.card.name != model:
                 continue
             if status.state == "failed":
                 raise ModelUnavailable(f"model '{model}' failed to start: {status.message or 'unknown error'}")
-            if status.state == "starting":
+            if status.state == "starting" and not status.on_demand:
                 raise ModelUnavailable(f"model '{model}' is starting", headers={"retry-after": "10"})
             return
+
+    async def load(self, model: str, keep_alive_s: float | None) -> float | None:
+        """Load ``model`` (or, with ``keep_alive_s`` 0, unload it); when it unloads if idle."""
+        await self.require_ready(model)
+        return await self.backend.load(model, keep_alive_s)
 
     async def model_statuses(self) -> list[ModelStatus]:
         """Every configured model with its state (those the request's key may use)."""

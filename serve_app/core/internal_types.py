@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 GenerationKind = Literal["chat", "completion"]
-ModelState = Literal["ready", "starting", "failed"]
+# "unloaded": no replica now; the next request loads it (a model that scales to zero).
+ModelState = Literal["ready", "starting", "failed", "unloaded"]
 
 
 def new_request_id() -> str:
@@ -155,6 +156,7 @@ class GenerationRequest(_Strict):
     include_usage: bool = True
     user: str | None = None
     submitted_at: float | None = None  # wall clock when the ingress handed it on (queue wait)
+    keep_alive_s: float | None = None  # Ollama keep_alive: idle seconds before unloading; <0 never
 
     def has_images(self) -> bool:
         """Whether any message carries an image."""
@@ -167,6 +169,7 @@ class EmbeddingRequest(_Strict):
     inputs: list[str] | list[list[int]]
     dimensions: int | None = None
     truncate: bool = True
+    keep_alive_s: float | None = None  # as GenerationRequest.keep_alive_s
 
 
 @dataclass(slots=True)
@@ -267,3 +270,5 @@ class ModelStatus(_Strict):
     state: ModelState = "ready"
     replicas: int = 1
     message: str | None = None
+    expires_at: float | None = None  # epoch seconds it unloads when idle; None: it stays loaded
+    on_demand: bool = False  # scales to zero: loaded by the first request, unloaded when idle

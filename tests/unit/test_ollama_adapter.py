@@ -116,7 +116,8 @@ def test_generate_to_internal_chat_golden() -> None:
     assert dumped["sampling"] == {**SAMPLING_DEFAULTS, "max_tokens": 3, "logprobs": True, "top_logprobs": 2}
     assert dumped["response_format"] == {"type": "json_object", "json_schema": None}
     assert dumped["think"] is True
-    assert unhonoured == ["options.num_thread", "keep_alive", "extra_field", "template", "context"]
+    assert unhonoured == ["options.num_thread", "extra_field", "template", "context"]
+    assert dumped["keep_alive_s"] == 300.0
 
 
 @pytest.mark.parametrize(
@@ -305,3 +306,19 @@ def test_show_body_golden() -> None:
         "general.architecture": "unknown", "unknown.context_length": 256, "unknown.embedding_length": 384
     }
     assert adapter.details(embed)["families"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (0, 0.0), ("0", 0.0), (300, 300.0), ("300", 300.0), ("5m", 300.0), ("1h30m", 5400.0),
+     ("1.5s", 1.5), ("-1", -1.0), ("-1m", -60.0), ("250ms", 0.25), (-1, -1.0), ("", None)],
+)
+def test_keep_alive_is_seconds_or_a_go_duration(value: object, seconds: float | None) -> None:
+    assert adapter.keep_alive_seconds(value) == seconds  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["soon", "5 minutes", "m", "1x", True])
+def test_a_bad_keep_alive_is_a_400_naming_it(value: object) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        adapter.keep_alive_seconds(value)  # type: ignore[arg-type]
+    assert info.value.param == "keep_alive"

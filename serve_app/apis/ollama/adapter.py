@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -121,10 +122,9 @@ def _common(body: wire._GenerationFields) -> tuple[dict[str, Any], list[str]]:
     sampling, num_ctx, unhonoured = options_to_sampling(body.options)
     sampling.logprobs = bool(body.logprobs)
     sampling.top_logprobs = body.top_logprobs if body.logprobs else None
-    if body.keep_alive is not None:
-        unhonoured.append("keep_alive")  # replicas live as long as autoscaling keeps them
     unhonoured += body.unknown_fields()
     fields = {
+        "keep_alive_s": keep_alive_seconds(body.keep_alive),
         "sampling": sampling,
         "context_limit": num_ctx,
         "context_fit": context_fit(body),
@@ -132,6 +132,35 @@ def _common(body: wire._GenerationFields) -> tuple[dict[str, Any], list[str]]:
         "think": body.think or None,
     }
     return fields, unhonoured
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def keep_alive_seconds(value: wire.KeepAlive) -> float | None:
+    """Ollama's ``keep_alive`` in seconds: a number of seconds, or a Go duration ("5m", "1h30m",
+    "-1m"); 0 unloads after the request, a negative value keeps the model loaded."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidRequest(f"invalid keep_alive {value!r}: give seconds or a duration such as '5m'", param="keep_alive")
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip()
+    if not text:
+        return None  # some clients send an empty string for "the default"
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign, body = (-1.0, text[1:]) if text.startswith("-") else (1.0, text.lstrip("+"))
+    parts = _DURATION.findall(body)
+    if not body or "".join(n + u for n, u in parts) != body:
+        raise InvalidRequest(
+            f"invalid keep_alive {value!r}: give seconds or a duration such as '5m' or '1h30m'", param="keep_alive"
+        )
+    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
 def generate_to_internal(
@@ -335,6 +364,15 @@ def tags_entry(status: ModelStatus) -> dict[str, Any]:
     }
 
 
+NEVER_EXPIRES = "2318-01-01T00:00:00.000000000Z"
+
+
+def _expiry(expires_at: float | None) -> str:
+    if expires_at is None or expires_at >= 1e10:
+        return NEVER_EXPIRES
+    return rfc3339_nano(int(expires_at * 1_000_000_000))
+
+
 def ps_entry(status: ModelStatus) -> dict[str, Any]:
     """One ``/api/ps`` entry: a model with live replicas, and how many."""
     card = status.card
@@ -344,8 +382,8 @@ def ps_entry(status: ModelStatus) -> dict[str, Any]:
         "size": card.size_bytes,
         "digest": digest_of(card),
         "details": details(card),
-        # Replicas live while autoscaling keeps them; Ollama clients expect a timestamp here.
-        "expires_at": "2318-01-01T00:00:00.000000000Z",
+        # When it unloads if left idle; a model that never does shows Ollama's far future.
+        "expires_at": _expiry(status.expires_at),
         "size_vram": card.size_vram_bytes,
         "context_length": card.context_length,
         "replicas": status.replicas,

@@ -104,10 +104,11 @@ def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
         return streaming_response(body_iter, NDJSON_MEDIA_TYPE, headers)
 
     async def load_only(body: wire._GenerationFields, is_chat: bool) -> Response:
+        """No prompt: load the model (a cold one loads now) or, with ``keep_alive`` 0, unload it."""
         card = gateway.card(body.model)
-        await gateway.require_ready(card.name)
-        unload = body.keep_alive in (0, "0", "0s", 0.0)
-        return JSONResponse(adapter.load_reply(body.model, is_chat, unload))
+        keep_alive_s = adapter.keep_alive_seconds(body.keep_alive)
+        await gateway.load(card.name, keep_alive_s)
+        return JSONResponse(adapter.load_reply(body.model, is_chat, unload=keep_alive_s == 0))
 
     @router.post("/generate")
     async def generate(body: wire.GenerateRequest, request: Request) -> Response:
@@ -137,7 +138,7 @@ def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
         inputs = [body.input] if isinstance(body.input, str) else list(body.input)
         inputs = [text for text in inputs if text != ""]
         _, _, unhonoured = adapter.options_to_sampling(body.options)
-        unhonoured += (["keep_alive"] if body.keep_alive is not None else []) + body.unknown_fields()
+        unhonoured += body.unknown_fields()
         headers = unsupported_headers(unhonoured, request_id_of(request.scope))
         internal = EmbeddingRequest(
             request_id=request_id_of(request.scope) or "",
@@ -145,6 +146,7 @@ def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
             inputs=inputs,
             dimensions=body.dimensions,
             truncate=body.truncate is not False,
+            keep_alive_s=adapter.keep_alive_seconds(body.keep_alive),
         )
         gateway.check_embedding_supported(card, internal)
         vectors: list[list[float]] = []
