@@ -1,10 +1,12 @@
 """Routing across replicas, real vLLM on CPU: our cache-aware router against Serve's and Ray's.
 
-    python -m benchmarks.routing                          # ours, serve, ray (~30 min on 2 cores)
-    python -m benchmarks.routing --policies ours,ray-t8   # Ray's router with a finite threshold
+    python -m benchmarks.routing                          # ours against Serve's router (~15 min, 2 cores)
+    python -m benchmarks.routing --policies ours,ray      # against Ray's PrefixCacheAffinityRouter
+    python -m benchmarks.routing --policies ours,ray-t8   # the same with a finite imbalanced_threshold
     python -m benchmarks.routing --micro    # the routing decision's own cost, in-process
 
-One ``serve run`` holds a copy of the default model per policy compared, three replicas each, with small KV
+One ``serve run`` holds a copy of the default model per policy compared (ours is always one, so
+every comparison has its baseline measured in the same run), three replicas each, with small KV
 caches (``--kv-tokens`` per replica) so prefixes compete for cache; each copy is routed by one
 policy: ``ours`` (cache_aware), ``serve`` (Serve's power of two choices), ``ray`` (Ray's
 ``PrefixCacheAffinityRouter`` as shipped) and ``ray-t8`` (the same with a finite
@@ -188,6 +190,8 @@ def cell_row(policy: str, kind: str, rate: float, records: list[RequestRecord], 
     summary = summarise(records, wall)
     queries = sum(delta(after, before, "llm_engine_prefix_cache_queries_tokens_total").values())
     hits = sum(delta(after, before, "llm_engine_prefix_cache_hits_tokens_total").values())
+    predicted = sum(delta(after, before, "llm_router_predicted_prefix_hit_tokens_total").values())
+    estimated = sum(delta(after, before, "llm_router_prompt_tokens_total").values())
     routed = [v for v in delta(after, before, "llm_router_requests_total").values() if v >= 0]
     busiest = max(routed) / (sum(routed) / REPLICAS) if routed and sum(routed) else None
     cpu_total = totals(cpu)
@@ -195,6 +199,7 @@ def cell_row(policy: str, kind: str, rate: float, records: list[RequestRecord], 
     return {
         "policy": policy, "workload": kind, "rate": rate, **summary,
         "engine_prefix_hit_rate": hits / queries if queries else None,
+        "router_predicted_hit_rate": predicted / estimated if estimated else None,
         "routed_per_replica": sorted(routed, reverse=True),
         "busiest_over_average": busiest,
         "cpu_s": cpu,
@@ -359,9 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-factors", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     parser.add_argument("--control-factor", type=float, default=1.0)
     parser.add_argument("--settle-s", type=float, default=3.0)
-    parser.add_argument("--policies", default="ours,serve,ray",
+    parser.add_argument("--policies", default="ours,serve",
                         help=f"comma-separated, of {', '.join(POLICIES)}; each is 3 vLLM replicas (~1.3 GB each): "
-                             "on a 24 GiB machine three fit, four were killed by Ray's memory monitor")
+                             "on a 24 GiB machine two fit; three or four were killed by Ray's memory monitor while starting")
     options = parser.parse_args(argv)
     if options.micro:
         print(json.dumps(micro(), indent=2))
