@@ -19,6 +19,7 @@ from tests.integration.harness import (
     local_ray,
     model_deployment,
     replica_actor_names,
+    running_replicas,
     wait_for,
 )
 
@@ -205,10 +206,15 @@ def test_killed_replica_ends_streams_in_band_and_later_requests_succeed(url: str
             ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
             return list(await asyncio.wait_for(asyncio.gather(*tasks), timeout=30))
 
+    killed = replica_actor_names(deployment)
     for frames in asyncio.run(main()):
         last = json.loads(frames[-1])
         assert last["error"]["type"] == "server_error", frames[-3:]
         assert len(frames) < 100
+    # Later requests are served by the replacement; one sent before Serve has replaced the replica
+    # waits for it, which on a loaded 2-core machine has outlasted this module's 4 s deadline.
+    wait_for(lambda: (names := replica_actor_names(deployment)) and names != killed
+             and running_replicas(deployment) == 1, 60, 0.5, "replacement replica")
     for _ in range(3):
         response = httpx.post(f"{url}/v1/chat/completions", json=_chat("victim:1", max_tokens=3), timeout=90)
         assert response.status_code == 200, response.text
