@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -31,6 +31,8 @@ from serve_app.core.internal_types import (
 )
 
 logger = logging.getLogger("ray.serve")
+
+T = TypeVar("T")
 
 _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
 
@@ -172,23 +174,27 @@ class RayBackend:
                 with contextlib.suppress(Exception):
                     responses.cancel()
 
+    async def _call(self, model: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One unary call to ``model``'s replicas, through its load gate while it may be loading,
+        with Serve's failures translated."""
+        gate = self._gate(model)
+        try:
+            if gate is None:
+                return await call()
+            async with gate.admitted():
+                return await gate.first(call())
+        except Exception as exc:
+            translated = self._translate(exc, model, started=False)
+            if translated is None:
+                raise
+            raise translated from exc
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         handle = self._handles.get(request.model)
         if handle is None:
             raise ModelNotFound(request.model)
         await self._refuse_if_failed(request.model)
-        gate = self._gate(request.model)
-        try:
-            if gate is None:
-                result = await handle.embed.remote(request)
-            else:
-                async with gate.admitted():
-                    result = await gate.first(handle.embed.remote(request))
-        except Exception as exc:
-            translated = self._translate(exc, request.model, started=False)
-            if translated is None:
-                raise
-            raise translated from exc
+        result = await self._call(request.model, lambda: handle.embed.remote(request))
         if request.model in self._gates:
             self._gates[request.model].note_finished(request.keep_alive_s)
         return result
@@ -200,29 +206,18 @@ class RayBackend:
         handle = self._handles.get(model)
         if handle is None:
             raise ModelNotFound(model)
-        gates = self._gates.get(model)
-        if gates is None:
+        on_demand = self._gates.get(model)
+        if on_demand is None:
             return None
         await self._refuse_if_failed(model)
-        if keep_alive_s == 0 and not gates.loaded():
+        if keep_alive_s == 0 and not on_demand.loaded():
             status = next((s for s in await self.list_models() if s.card.name == model), None)
             if status is None or status.replicas == 0:
                 return time.time()  # not loaded: nothing to unload (and no load for it)
-        gate = self._gate(model)
-        try:
-            if gate is None:
-                until = await handle.load.remote(keep_alive_s)
-            else:
-                async with gate.admitted():
-                    until = await gate.first(handle.load.remote(keep_alive_s))
-        except Exception as exc:
-            translated = self._translate(exc, model, started=False)
-            if translated is None:
-                raise
-            raise translated from exc
-        gates.note_loaded(until)
+        until = await self._call(model, lambda: handle.load.remote(keep_alive_s))
+        on_demand.note_loaded(until)
         if keep_alive_s == 0:
-            gates.note_unloaded()
+            on_demand.note_unloaded()
         return until
 
     async def list_models(self) -> list[ModelStatus]:

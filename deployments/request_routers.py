@@ -229,10 +229,8 @@ class CacheAwareRouter(ReplicaStatsMixin, RequestRouter):
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         """The replica accepted the request: it will hold the request's prefix blocks."""
-        hashes = self._hashes.pop(pending_request.metadata.internal_request_id, None)
-        if hashes is None:
-            hashes = self._request_hashes(pending_request)
-            self._hashes.pop(pending_request.metadata.internal_request_id, None)
+        hashes = self._request_hashes(pending_request)  # computed when it was scored
+        self._hashes.pop(pending_request.metadata.internal_request_id, None)
         load = self._loads.get(replica_id)
         if load is None:
             return

@@ -74,6 +74,14 @@ def _init_ray(**kwargs: Any) -> None:
         ray.init(**kwargs)
 
 
+@contextmanager
+def deployed(args: dict[str, Any], num_cpus: int = 8) -> Iterator[str]:
+    """A local Ray running the graph of ``args``; yields its base URL (a module's fixture)."""
+    with local_ray(num_cpus=num_cpus) as port:
+        deploy(args)
+        yield f"http://127.0.0.1:{port}"
+
+
 def deploy(args: dict[str, Any], name: str = APP_NAME, route_prefix: str = "/") -> None:
     """Build the graph with the same builder ``serve run`` uses and wait until it is running."""
     serve.run(build_app(args), name=name, route_prefix=route_prefix)

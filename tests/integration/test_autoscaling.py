@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.harness import deploy, local_ray, model_deployment, running_replicas
+from tests.integration.harness import deployed, model_deployment, running_replicas
 
 pytestmark = pytest.mark.ray
 
@@ -44,9 +44,8 @@ ARGS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    with local_ray(num_cpus=8) as port:
-        deploy(ARGS)
-        yield f"http://127.0.0.1:{port}"
+    with deployed(ARGS) as base_url:
+        yield base_url
 
 
 async def _stream(client: httpx.AsyncClient) -> tuple[str, str | None, float]:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import ray
 
-from tests.integration.harness import deploy, local_ray, model_deployment, replica_actor_names, wait_for
+from tests.integration.harness import deployed, model_deployment, replica_actor_names, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -49,9 +49,8 @@ ARGS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    with local_ray(num_cpus=8) as port:
-        deploy(ARGS)
-        yield f"http://127.0.0.1:{port}"
+    with deployed(ARGS) as base_url:
+        yield base_url
 
 
 def _system_prompt(topic: int, words: int = 400) -> str:

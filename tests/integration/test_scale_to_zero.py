@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from tests.integration.harness import (
-    deploy,
-    local_ray,
+    deployed,
     model_deployment,
     replica_actor_names,
     running_replicas,
@@ -56,9 +55,8 @@ ARGS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    with local_ray(num_cpus=8) as port:
-        deploy(ARGS)
-        yield f"http://127.0.0.1:{port}"
+    with deployed(ARGS) as base_url:
+        yield base_url
 
 
 def _tags(url: str) -> dict[str, str]:
