@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
 from ray.serve._private.common import DeploymentID, ReplicaID, TimeStampedValue
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
+from deployments.config import KEEP_ALIVE_POLICY, ConfigError, parse_app_config
 from deployments.keep_alive import NEVER, KeepAlive
 from deployments.keep_alive_policy import KEEP_ALIVE_METRIC, keep_alive_policy
 
@@ -53,3 +55,15 @@ def test_load_and_cold_start_are_serves_own_decisions() -> None:
     assert keep_alive_policy(_context(1, 8, [now - 1]))[0] == 2  # busy: Serve's queue-length rule
     assert keep_alive_policy(_context(0, 3, None))[0] == 1  # a request for an unloaded model loads it
     assert keep_alive_policy(_context(0, 0, None))[0] == 0
+
+
+def test_scale_to_zero_settings_need_min_replicas_zero_and_install_the_policy() -> None:
+    def config(min_replicas: int) -> dict[str, object]:
+        return {"models": [{"name": "m", "engine": "fake", "scale_to_zero": {"keep_alive_s": 5},
+                            "deployment": {"autoscaling_config": {"min_replicas": min_replicas, "max_replicas": 1}}}]}
+
+    with pytest.raises(ConfigError, match="min_replicas: 0"):
+        parse_app_config(config(1))
+    options = parse_app_config(config(0)).models[0].serve_options(1.0)["autoscaling_config"]
+    assert options["policy"] == {"policy_function": KEEP_ALIVE_POLICY}
+    assert options["downscale_to_zero_delay_s"] == 0.0
