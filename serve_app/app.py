@@ -6,8 +6,10 @@ server); nothing here reads settings or touches a backend at import.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +43,12 @@ from serve_app.edge.middleware import (
     request_id_of,
 )
 from serve_app.settings import IngressSettings
+from serve_app.state.conversations.routes import build_conversations_router
+from serve_app.state.maintenance import sweep_forever
+from serve_app.state.responses.background import BackgroundRunner
+from serve_app.state.responses.routes import build_responses_router
+from serve_app.state.sql_store import SqlStateStore
+from serve_app.state.store import StateStore
 from serve_app.transport.error_rendering import error_headers
 from serve_app.transport.validation_errors import validation_error_to_invalid_request
 
@@ -125,13 +133,15 @@ def create_app(
     limiter: Limiter | None = None,
     metrics_mirror: MetricsMirror | None = None,
     collectors: Sequence[Collector] = (),
+    store: StateStore | None = None,
 ) -> FastAPI:
     """Build the ingress app serving ``cards`` through ``backend``.
 
     ``limiter`` keeps the per-key limits (in this process by default; the Ray ingress shares
     one across replicas); ``metrics_mirror`` receives every metric observation as well as this
     app's own Prometheus registry (Ray's metrics export under Serve); ``collectors`` add
-    families the deployment layer owns (the request routers' per-replica figures).
+    families the deployment layer owns (the request routers' per-replica figures); ``store``
+    keeps Responses and Conversations (by default the database ``settings.state`` names).
     """
     settings = settings or IngressSettings()
     gateway = Gateway(
@@ -147,12 +157,30 @@ def create_app(
     accounting = Accounting(
         metrics, limiter or InProcessLimiter(settings.lease_ttl_s()), usage_log=settings.usage_log
     )
+    state_store = store or SqlStateStore(settings.state.database_url())
+    runner = BackgroundRunner(state_store, settings.state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Migrate before the first request, and keep the store tidy while serving.
+        await state_store.start()
+        sweeper = asyncio.create_task(sweep_forever(state_store, settings.state))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+            await runner.close()
+            await state_store.close()
+
     app = FastAPI(
         title="LLM serving cluster",
         description="OpenAI- and Ollama-compatible API in front of Ray Serve and vLLM.",
         version="0.1.0",
+        lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.state.store = state_store
     app.state.metrics = metrics
     _install_error_handlers(app)
 
@@ -179,6 +207,8 @@ def create_app(
 
     app.include_router(build_openai_router(gateway, max_n=settings.max_n))
     app.include_router(build_ollama_router(gateway, ollama_version=settings.ollama_version))
+    app.include_router(build_responses_router(gateway, state_store, settings.state, runner))
+    app.include_router(build_conversations_router(state_store, settings.state))
 
     app.add_middleware(
         EdgeMiddleware,

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve_app.edge.keys import ApiKey, ApiKeyConfig, build_keyring, load_keys_file
+from serve_app.state.config import StateSettings
 
 
 def _split_csv(value: object) -> object:
@@ -70,6 +71,11 @@ class IngressSettings(BaseSettings):
         default=True, description="Echo x-request-id on responses (Ray Serve's proxy already does)."
     )
     ollama_version: str = Field(default="0.12.10", description="Reported by GET /api/version.")
+    state: StateSettings = Field(
+        default_factory=StateSettings,
+        description="The store behind the Responses and Conversations APIs (SQLite, or PostgreSQL "
+        "through state.database_url_env).",
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +16,10 @@ from serve_app.app import create_app
 from serve_app.core.internal_types import ModelCard
 from serve_app.settings import IngressSettings
 from tests.servers import serve_in_thread
+
+# The state store's default SQLite folder: one throwaway folder per test run, never the user's own
+# (inherited by the local Ray clusters the integration tests start).
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="llm-state-")
 
 CHAT_MODEL = "smollm2:135m"
 VISION_MODEL = "llava:7b"

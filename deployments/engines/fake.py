@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,6 +133,9 @@ class FakeEngine:
         self.tokens_generated = 0
         self.dead = False
         self._requests_seen = 0
+        # The last requests as the engine received them (what tests inspect: the turns a
+        # stateful API rebuilt, the fields an adapter set).
+        self.recent_requests: deque[GenerationRequest] = deque(maxlen=32)
         self.prefix_cache = FakePrefixCache(self.config.prefix_cache_tokens, self.config.cache_block_tokens)
 
     async def start(self) -> None:
@@ -243,6 +246,8 @@ class FakeEngine:
             return request.tool_choice
         if request.tool_choice == "required":
             return names[0]
+        if request.messages and request.messages[-1].role == "tool":
+            return None  # a tool's result came back: answer it, as a model would
         last_user = next((m.text() for m in reversed(request.messages) if m.role == "user"), "")
         return next((n for n in names if n in last_user), None)
 
@@ -314,6 +319,7 @@ class FakeEngine:
         if self.card.kind != "generate":
             raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
         await self.check_health()
+        self.recent_requests.append(request)
         request, prompt_tokens = await self._fit(request)
         self._check_context(request, prompt_tokens)
         if self.config.fail_after_tokens == 0:

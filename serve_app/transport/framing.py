@@ -20,6 +20,11 @@ def sse_frame(obj: Any) -> bytes:
     return f"data: {to_json(obj)}\n\n".encode()
 
 
+def sse_event_frame(event_type: str, obj: Any) -> bytes:
+    """A named server-sent event (the Responses API's typed events): ``event:`` then ``data:``."""
+    return f"event: {event_type}\ndata: {to_json(obj)}\n\n".encode()
+
+
 def ndjson_line(obj: Any) -> bytes:
     """One NDJSON line carrying ``obj``."""
     return f"{to_json(obj)}\n".encode()

@@ -8,8 +8,9 @@ the generation.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from starlette.responses import StreamingResponse
 
@@ -33,19 +34,24 @@ async def stream_frames(
     first: Batch | None,
     rest: AsyncIterator[Batch],
     frame_batch: Callable[[Batch], Iterable[bytes]],
-    closing_frames: Callable[[], Iterable[bytes]],
+    closing_frames: Callable[[], Iterable[bytes] | Awaitable[Iterable[bytes]]],
     render_error: Callable[[ServingError], bytes],
 ) -> AsyncIterator[bytes]:
     """Body of a streamed reply: framed batches, closing frames, or one in-band error frame.
 
     Each batch becomes one write, so chunks grouped across the handle hop are sent together.
+    ``closing_frames`` may be a coroutine (a stateful API stores the turn before its last event);
+    its failure is sent in-band like any other.
     """
     try:
         if first is not None:
             yield b"".join(frame_batch(first))
             async for batch in rest:
                 yield b"".join(frame_batch(batch))
-        yield b"".join(closing_frames())
+        closing = closing_frames()
+        if inspect.isawaitable(closing):
+            closing = await closing
+        yield b"".join(closing)
     except Exception as exc:  # noqa: BLE001 - every failure after the first byte goes in-band
         yield render_error(as_engine_error(exc))
     finally:

@@ -31,7 +31,13 @@ BODIES: dict[str, dict[str, object]] = {
     "/api/embed": {"model": EMBED_MODEL, "input": "hi"},
     "/api/embeddings": {"model": EMBED_MODEL, "prompt": "hi"},
     "/api/show": {"model": CHAT_MODEL},
+    "/v1/responses": {"model": CHAT_MODEL, "input": "hi", "max_output_tokens": 2},
+    "/v1/conversations": {"metadata": {"topic": "auth"}},
+    "/v1/conversations/sha256-0000": {"metadata": {"topic": "auth"}},
+    "/v1/conversations/sha256-0000/items": {"items": [{"role": "user", "content": "hi"}]},
 }
+# Stored objects by id: the made-up id is not found (404), once past the key check.
+STATEFUL_BY_ID = ("/v1/responses/", "/v1/conversations/")
 MANAGEMENT = {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"}
 
 
@@ -90,6 +96,8 @@ def test_every_route_needs_the_key(keyed_client: TestClient) -> None:
             reply = keyed_client.request(method, path, headers={"authorization": f"Bearer {key}"}, **kwargs)
             assert reply.status_code != 401, (method, path)
             expected = 403 if path in MANAGEMENT or path.startswith("/api/blobs") else 200
+            if path.startswith(STATEFUL_BY_ID):
+                expected = 404
             assert reply.status_code == expected, (method, path, reply.text)
 
 

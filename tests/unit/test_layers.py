@@ -1,6 +1,6 @@
 """The layout of ``serve_app/`` means something: a lower layer never imports a higher one.
 
-Layers, lowest first: ``core``, ``transport``, ``edge``, ``apis``, then the top-level modules
+Layers, lowest first: ``core``, ``transport``, ``edge``, ``apis``, ``state``, then the top-level modules
 (``app``, ``settings``). A module may import its own layer or lower ones, one API package never
 imports another, and nothing in ``serve_app`` imports Ray or vLLM (or the engine's torch). Every
 import counts, including those inside functions.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "serve_app"
-LAYERS = ["core", "transport", "edge", "apis", "top"]
+LAYERS = ["core", "transport", "edge", "apis", "state", "top"]
 FORBIDDEN_ROOTS = {"ray", "vllm", "torch"}
 
 
@@ -107,6 +107,8 @@ def test_no_module_imports_a_higher_layer_or_ray_or_vllm() -> None:
         ("serve_app.apis.ollama.routes", "serve_app.apis.openai.adapter", "one API never imports another"),
         ("serve_app.edge.metrics", "ray.util.metrics", "neither Ray nor vLLM"),
         ("serve_app.apis.openai.routes", "vllm.sampling_params", "neither Ray nor vLLM"),
+        ("serve_app.apis.openai.adapter", "serve_app.state.store", "apis is below state"),
+        ("serve_app.state.sql_store", "serve_app.settings", "state is below top"),
     ],
 )
 def test_the_check_catches_a_broken_rule(importer: str, target: str, why: str) -> None:

@@ -1,0 +1,1 @@
+"""OpenAI's Conversations API: stored item lists that responses read and append to."""
