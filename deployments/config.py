@@ -326,6 +326,23 @@ class IngressConfig(_Strict):
         )
     )
 
+    def may_run_several(self) -> bool:
+        """Whether Serve may run more than one ingress replica (fixed or autoscaled)."""
+        scaling = self.deployment.autoscaling_config
+        return (self.deployment.num_replicas or 1) > 1 or (scaling is not None and scaling.max_replicas > 1)
+
+    @model_validator(mode="after")
+    def _one_replica_per_sqlite_file(self) -> IngressConfig:
+        state = self.settings.get("state") or {}
+        shared = isinstance(state, dict) and state.get("database_url_env")
+        if self.may_run_several() and not shared:
+            raise ValueError(
+                "several ingress replicas (num_replicas > 1 or autoscaling) need a shared database: "
+                "the default SQLite file is one replica's own; set settings.state.database_url_env "
+                "to the environment variable holding a postgresql:// URL"
+            )
+        return self
+
 
 class StreamingConfig(_Strict):
     """How streamed chunks cross the ingress <- replica handle hop."""

@@ -10,12 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ray
 import yaml
 from ray import serve
 
 from deployments.app import build_app, deployment_name
 from deployments.config import parse_app_config
+from tests.postgres import postgres_available, postgres_server
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +74,21 @@ def _init_ray(**kwargs: Any) -> None:
             raise
         ray.shutdown()
         ray.init(**kwargs)
+
+
+@contextmanager
+def shared_database(env_name: str = "LLM_TEST_DATABASE_URL") -> Iterator[dict[str, Any]]:
+    """A throwaway PostgreSQL server whose URL is in ``env_name`` for the Ray cluster started
+    meanwhile (its processes inherit this one's environment); yields the ingress ``state``
+    settings that point at it."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not installed on this machine")
+    with postgres_server() as url:
+        os.environ[env_name] = url
+        try:
+            yield {"database_url_env": env_name}
+        finally:
+            os.environ.pop(env_name, None)
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """Operations through Ray Serve: a model that fails to start, shared key limits, metrics.
 
 One cluster for the module: a healthy fake model, a fake model whose engine fails on start
-(Serve gives up after one retry), and two ingress replicas sharing one key-limits actor.
+(Serve gives up after one retry), and two ingress replicas sharing one key-limits actor (and,
+as any two ingress replicas must, one PostgreSQL state store).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from deployments.app import build_app
-from tests.integration.harness import APP_NAME, local_ray, wait_for
+from tests.integration.harness import APP_NAME, local_ray, shared_database, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -56,9 +57,10 @@ AUTH = {"authorization": f"Bearer {OPEN_KEY}"}
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    with local_ray(num_cpus=8) as port:
+    with shared_database() as state, local_ray(num_cpus=8) as port:
+        args = {**ARGS, "ingress": {**ARGS["ingress"], "settings": {**ARGS["ingress"]["settings"], "state": state}}}
         # serve.run waits for the app to be RUNNING, which a failing deployment never is.
-        serve._run(build_app(ARGS), name=APP_NAME, route_prefix="/", _blocking=False)
+        serve._run(build_app(args), name=APP_NAME, route_prefix="/", _blocking=False)
         base = f"http://127.0.0.1:{port}"
 
         def states() -> dict[str, str]:

@@ -105,6 +105,29 @@ def test_api_keys_reach_every_group_that_can_run_the_ingress(overlay):
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_state_database_url_reaches_every_group_that_can_run_the_ingress(overlay):
+    """A config that names state.database_url_env gets that variable from a Secret wherever an
+    ingress replica may be placed."""
+    rs = rayservice(overlay)
+    (app,) = serve_config(overlay)["applications"]
+    ingress = app["args"]["ingress"]
+    env_name = ingress.get("settings", {}).get("state", {}).get("database_url_env")
+    if env_name is None:
+        return  # one ingress replica on its own SQLite file
+    needs = ingress.get("deployment", {}).get("ray_actor_options", {}).get("resources", {})
+    checked = 0
+    for name, group in groups(rs):
+        if name == "head" or not all(r in advertised(group) for r in needs):
+            continue
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env_name in env, name
+            assert "secretKeyRef" in env[env_name]["valueFrom"], name  # never a literal URL
+            checked += 1
+    assert checked
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_the_image_sets_every_serve_setting_of_the_configs(overlay):
     """KubeRay may start Serve's controller before serveConfigV2 arrives: the image carries them."""
     dockerfile = (REPO / "k8s" / "Dockerfile").read_text().replace("\\\n", " ")

@@ -44,6 +44,13 @@ def test_config_fake_yaml_is_valid_and_names_deployments() -> None:
         ),
         (lambda a: a["models"][1]["deployment"].update(autoscaling_config={}), "not both"),
         (lambda a: a["models"][0].update(engine="tgi"), "models.0.engine"),
+        (lambda a: a["ingress"]["deployment"].update(num_replicas=2), "need a shared database"),
+        (
+            lambda a: a["ingress"].update(deployment={"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}),
+            "need a shared database",
+        ),
+        (lambda a: a["ingress"]["settings"].update(state={"database_url": "postgresql://x"}),
+         "ingress.settings.state.database_url"),
     ],
 )
 def test_bad_config_fails_loudly_naming_the_field(mutate: Any, expected: str) -> None:
@@ -98,3 +105,23 @@ def test_every_config_file_is_a_valid_serve_config_with_valid_args(name: str) ->
 
 def serve_env_of(name: str) -> dict[str, str]:
     return yaml.safe_load((REPO / name).read_text())["controller_options"]["runtime_env"]["env_vars"]
+
+
+def test_several_ingress_replicas_pass_with_a_shared_database_named_by_env_var() -> None:
+    args = _fake_args()
+    args["ingress"]["deployment"].update(num_replicas=2)
+    args["ingress"]["settings"]["state"] = {"database_url_env": "LLM_DATABASE_URL"}
+    assert validate_config(args).ingress.may_run_several()
+
+
+def test_the_database_url_is_read_from_the_named_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve_app.state.config import StateSettings
+
+    settings = StateSettings(database_url_env="LLM_TEST_DB")
+    with pytest.raises(ValueError, match="LLM_TEST_DB"):
+        settings.database_url()
+    monkeypatch.setenv("LLM_TEST_DB", "postgresql://u:p@db:5432/state")
+    assert settings.database_url() == "postgresql+asyncpg://u:p@db:5432/state"
+    monkeypatch.setenv("LLM_TEST_DB", "mysql://u@db/x")
+    with pytest.raises(ValueError, match="postgresql"):
+        settings.database_url()

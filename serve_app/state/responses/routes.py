@@ -85,6 +85,7 @@ def build_responses_router(
             previous_response_id=body.previous_response_id,
             conversation_id=conversation_id,
             background=bool(body.background),
+            worker=runner.worker,
         )
         headers = unsupported_headers(adapter.unhonoured_fields(body), request_id)
         if body.background:

@@ -78,6 +78,7 @@ class Turn:
     previous_response_id: str | None
     conversation_id: str | None
     background: bool = False
+    worker: str | None = None  # the replica that ran it (operators' question: which one?)
 
     def record(self, body: Json, worker: str | None = None) -> StoredResponse:
         """The stored form of the response ``body``."""
@@ -91,7 +92,7 @@ class Turn:
             previous_response_id=self.previous_response_id,
             conversation_id=self.conversation_id,
             background=self.background,
-            worker=worker,
+            worker=worker or self.worker,
         )
 
     def conversation_items(self, body: Json) -> list[Json]:
