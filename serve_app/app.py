@@ -162,8 +162,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Migrate before the first request, and keep the store tidy while serving.
-        await state_store.start()
+        # Migrate before the first request, and keep the store tidy while serving. A database
+        # that is down must not keep the stateless APIs from starting: its routes answer 503
+        # and the store connects on first use once it is back.
+        try:
+            await state_store.start()
+        except ServingError as exc:
+            logger.warning("state store not available at start-up: %s", exc.message)
         sweeper = asyncio.create_task(sweep_forever(state_store, settings.state))
         try:
             yield

@@ -126,6 +126,14 @@ class ModelUnavailable(ServingError):
     code = "model_unavailable"
 
 
+class StoreUnavailable(ServingError):
+    """The database behind the stateful APIs cannot be reached; the stateless ones carry on."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
 class DeadlineExceeded(ServingError):
     """Our own generation deadline passed; 504 so SDKs do not resubmit (unlike 408)."""
 

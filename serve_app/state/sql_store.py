@@ -7,14 +7,20 @@ owner, so a route cannot forget it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from sqlalchemy import and_, delete, event, func, insert, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from serve_app.core.errors import StoreUnavailable
 from serve_app.state.migrate import upgrade_to_head
 from serve_app.state.store import (
     FINAL_STATUSES,
@@ -25,6 +31,8 @@ from serve_app.state.store import (
     StoredResponse,
 )
 from serve_app.state.tables import conversation_items, conversations, responses
+
+logger = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -85,6 +93,21 @@ def _page(items: list[Json], after: str | None, limit: int | None, order: Order)
     return Page(ordered[:limit], len(ordered) > limit)
 
 
+def store_unavailable(exc: BaseException) -> StoreUnavailable:
+    """The database could not be reached or failed: a 503 the client may retry, never a bare 500."""
+    logger.error("state store failed: %s: %s", type(exc).__name__, exc)
+    return StoreUnavailable("The state store is unavailable; retry shortly.", headers={"retry-after": "5"})
+
+
+@contextlib.asynccontextmanager
+async def _translated(transaction: AbstractAsyncContextManager[AsyncConnection]) -> AsyncIterator[AsyncConnection]:
+    try:
+        async with transaction as conn:
+            yield conn
+    except (DBAPIError, OSError) as exc:
+        raise store_unavailable(exc) from exc
+
+
 class SqlStateStore:
     """:class:`serve_app.state.store.StateStore` over one SQLAlchemy async engine."""
 
@@ -128,11 +151,14 @@ class SqlStateStore:
         if engine is not None and self._loop is asyncio.get_running_loop():
             await engine.dispose()
 
-    async def _begin(self) -> Any:
+    async def _begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
         if self._engine is None or self._loop is not asyncio.get_running_loop():
-            await self.start()
+            try:
+                await self.start()
+            except (DBAPIError, OSError) as exc:
+                raise store_unavailable(exc) from exc
         assert self._engine is not None
-        return self._engine.begin()
+        return _translated(self._engine.begin())
 
     # -- responses ------------------------------------------------------------------------
 

@@ -371,3 +371,17 @@ def test_background_needs_store() -> None:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.BadRequestError):
             client.responses.create(model=CHAT_MODEL, input="x", background=True, store=False)
+
+
+def test_a_database_that_is_down_is_a_503_and_chat_carries_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_TEST_DOWN_DB", "postgresql://postgres@127.0.0.1:9/none")  # nothing listens
+    app, _ = build_fake_app(IngressSettings(state={"database_url_env": "LLM_TEST_DOWN_DB"}))
+    with serve_in_thread(app) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as info:
+            client.responses.create(model=CHAT_MODEL, input="hi")
+        assert info.value.status_code == 503 and info.value.code == "store_unavailable"
+        with pytest.raises(openai.InternalServerError):
+            client.conversations.create()
+        chat = client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert chat.choices[0].message.content
