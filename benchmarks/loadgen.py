@@ -59,6 +59,14 @@ class RequestRecord:
             return None
         return (self.end - self.first_token) / (self.output_tokens - 1)
 
+    def add_token(self) -> None:
+        """A streamed frame carrying output arrived now."""
+        now = time.perf_counter()
+        if self.first_token is None:
+            self.first_token = now
+        self.token_times.append(now)
+        self.output_tokens += 1
+
     def inter_token_latencies(self) -> list[float]:
         return [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
 
@@ -81,6 +89,14 @@ def _chat_body(api: Api, model: str, prompt: str, max_tokens: int, seed: int) ->
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
+
+
+def openai_chunk_text(frame: dict[str, Any], record: RequestRecord) -> str:
+    """The text a ``chat.completion.chunk`` carries (noting the usage chunk's count)."""
+    if frame.get("usage"):
+        record.reported_tokens = frame["usage"].get("completion_tokens")
+    choices = frame.get("choices") or []
+    return (choices[0].get("delta", {}).get("content") or "") if choices else ""
 
 
 async def _one_chat(client: httpx.AsyncClient, api: Api, body: dict[str, Any]) -> RequestRecord:
@@ -116,16 +132,9 @@ async def _one_chat(client: httpx.AsyncClient, api: Api, body: dict[str, Any]) -
                     if "error" in frame:
                         record.error = str(frame["error"])
                         return record
-                    if frame.get("usage"):
-                        record.reported_tokens = frame["usage"].get("completion_tokens")
-                    choices = frame.get("choices") or []
-                    text = choices[0].get("delta", {}).get("content") or "" if choices else ""
+                    text = openai_chunk_text(frame, record)
                 if text:
-                    now = time.perf_counter()
-                    if record.first_token is None:
-                        record.first_token = now
-                    record.token_times.append(now)
-                    record.output_tokens += 1
+                    record.add_token()
     except httpx.HTTPError as exc:
         record.error = f"{type(exc).__name__}: {exc}"
     finally:

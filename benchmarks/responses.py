@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from benchmarks.cpu_accounting import CpuMeter, cpu_between, per_thousand_tokens, totals
-from benchmarks.loadgen import RequestRecord, seeded_prompt
+from benchmarks.loadgen import RequestRecord, openai_chunk_text, seeded_prompt
 from benchmarks.servers import REPO, serve_stack
 from benchmarks.stats import summarise
 from tests.servers import free_port
@@ -83,16 +83,9 @@ async def one_request(client: httpx.AsyncClient, path: str, body: dict[str, Any]
                     record.ok = True
                     record.reported_tokens = frame["response"]["usage"]["output_tokens"]
                 elif kind is None:
-                    if frame.get("usage"):
-                        record.reported_tokens = frame["usage"]["completion_tokens"]
-                    choices = frame.get("choices") or []
-                    text = (choices[0].get("delta", {}).get("content") or "") if choices else ""
+                    text = openai_chunk_text(frame, record)
                 if text:
-                    now = time.perf_counter()
-                    if record.first_token is None:
-                        record.first_token = now
-                    record.token_times.append(now)
-                    record.output_tokens += 1
+                    record.add_token()
     except httpx.HTTPError as exc:
         record.error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -92,15 +92,13 @@ def _tool_choice_echo(choice: Any) -> Any:
     return choice or "auto"
 
 
-def response_skeleton(
-    body: wire.ResponseCreateRequest, response_id: str, conversation_id: str | None, status: str
-) -> Json:
+def response_skeleton(body: wire.ResponseCreateRequest, response_id: str, conversation_id: str | None) -> Json:
     """The ``response`` object before any output: what the request asked for, echoed."""
     return {
         "id": response_id,
         "object": "response",
         "created_at": int(time.time()),
-        "status": status,
+        "status": "in_progress",
         "background": bool(body.background),
         "completed_at": None,
         "error": None,

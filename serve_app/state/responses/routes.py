@@ -72,7 +72,7 @@ def build_responses_router(
         gateway.check_generation_supported(card, internal)
         response_id = new_id("resp")
         builder = ResponseBuilder(
-            adapter.response_skeleton(body, response_id, conversation_id, "in_progress"),
+            adapter.response_skeleton(body, response_id, conversation_id),
             parallel_tool_calls=body.parallel_tool_calls is not False,
         )
         turn = Turn(

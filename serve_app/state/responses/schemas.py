@@ -250,10 +250,3 @@ class ResponseCreateRequest(_Wire):
             raise ValueError("tool_choice 'required' needs 'tools'")
         return self
 
-
-class ListQuery(_Wire):
-    """``after`` / ``limit`` / ``order`` of OpenAI's cursor lists."""
-
-    after: str | None = None
-    limit: Annotated[int, Field(ge=1, le=100)] = 20
-    order: Literal["asc", "desc"] = "desc"
