@@ -1,5 +1,7 @@
 """An async load generator with real streaming clients (SSE and NDJSON over httpx).
 
+Three streamed chat APIs: OpenAI's chat completions, Ollama's chat and Anthropic's messages.
+
 Per request it records time to first token, the arrival time of every streamed token and the
 end; per run it derives requests/s, output tokens/s, goodput and percentiles. Two modes: a fixed
 number of concurrent streams, or a Poisson request rate.
@@ -17,7 +19,8 @@ from typing import Any, Literal
 
 import httpx
 
-Api = Literal["openai", "ollama", "openai-embeddings"]
+Api = Literal["openai", "ollama", "anthropic", "openai-embeddings"]
+CHAT_PATHS = {"openai": "/v1/chat/completions", "ollama": "/api/chat", "anthropic": "/v1/messages"}
 
 WORDS = (
     "river mountain quiet engine window garden silver letter morning signal paper orbit harbor "
@@ -72,6 +75,10 @@ class RequestRecord:
 
 
 def _chat_body(api: Api, model: str, prompt: str, max_tokens: int, seed: int) -> dict[str, Any]:
+    if api == "anthropic":
+        # Anthropic's API has neither seed nor ignore_eos: the model's own end decides the length.
+        return {"model": model, "max_tokens": max_tokens, "stream": True, "temperature": 0.8,
+                "messages": [{"role": "user", "content": prompt}]}
     if api == "ollama":
         return {
             "model": model,
@@ -99,9 +106,23 @@ def openai_chunk_text(frame: dict[str, Any], record: RequestRecord) -> str:
     return (choices[0].get("delta", {}).get("content") or "") if choices else ""
 
 
+def anthropic_event_text(event: dict[str, Any], record: RequestRecord) -> str:
+    """The text one Messages API event carries (noting the end and the server's token count)."""
+    kind = event.get("type")
+    if kind == "content_block_delta":
+        return event["delta"].get("text") or ""
+    if kind == "message_delta":
+        record.reported_tokens = event.get("usage", {}).get("output_tokens")
+    elif kind == "message_stop":
+        record.ok = True
+    elif kind == "error":
+        record.error = str(event.get("error"))
+    return ""
+
+
 async def _one_chat(client: httpx.AsyncClient, api: Api, body: dict[str, Any]) -> RequestRecord:
     record = RequestRecord(start=time.perf_counter())
-    path = "/api/chat" if api == "ollama" else "/v1/chat/completions"
+    path = CHAT_PATHS[api]
     try:
         async with client.stream("POST", path, json=body) as response:
             record.status = response.status_code
@@ -121,6 +142,12 @@ async def _one_chat(client: httpx.AsyncClient, api: Api, body: dict[str, Any]) -
                         record.reported_tokens = frame.get("eval_count")
                         continue
                     text = frame.get("message", {}).get("content", "")
+                elif api == "anthropic":
+                    if not line.startswith("data: "):
+                        continue  # the "event:" line repeats the data's type
+                    text = anthropic_event_text(json.loads(line[6:]), record)
+                    if record.error:
+                        return record
                 else:
                     if not line.startswith("data: "):
                         continue

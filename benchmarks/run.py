@@ -108,6 +108,8 @@ def fake_suite(work: Path, stack: ExitStack, variants: dict[str, dict[str, str]]
         Scenario("tpot-32", paced, 32, 96, ours),
         Scenario("ceiling-32", fast, 32, 64, ours),
         Scenario("ollama-32", Workload("ollama chat 20ms/token", "ollama", "smollm2:135m", max_tokens=64), 32, 96, ours),
+        Scenario("anthropic-32", Workload("anthropic messages 20ms/token", "anthropic", "smollm2:135m", max_tokens=64),
+                 32, 96, ours),
     ]
     return targets, scenarios
 
@@ -149,6 +151,7 @@ def cpu_suite(work: Path, stack: ExitStack, variants: dict[str, dict[str, str]],
         scenarios.append(Scenario(f"chat-{level}", Workload("short chat", "openai", "smollm2:135m"), level, requests,
                                   ["A", "B", *extra, *(["R"] if ray_llm else [])]))
         scenarios.append(Scenario(f"ollama-{level}", Workload("short chat", "ollama", "smollm2:135m"), level, requests, ["B-ollama"]))
+    scenarios.append(Scenario("anthropic-16", Workload("short chat", "anthropic", "smollm2:135m"), 16, 32, ["B"]))
     scenarios.append(Scenario("long-prompt-4", Workload("long prompt", "openai", "smollm2:135m", prompt_words=600, max_tokens=32), 4, 8, ["A", "B"]))
     scenarios.append(Scenario("embeddings-4", Workload("embeddings batch", "openai-embeddings", "all-minilm:l6-v2"), 4, 16, ["B"]))
     return targets, scenarios

@@ -127,6 +127,13 @@ class LLMServer(_EngineReplica):
         finally:
             self._touch(request.keep_alive_s)
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's tokens under this model's chat template (Anthropic's count_tokens)."""
+        try:
+            return await self.engine.count_tokens(request)
+        finally:
+            self._touch(request.keep_alive_s)
+
 
 @serve.deployment(name="EmbeddingServer")
 class EmbeddingServer(_EngineReplica):

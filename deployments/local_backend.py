@@ -68,6 +68,9 @@ class LocalBackend:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         return await self._engine(request.model).embed(request)
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        return await self._engine(request.model).count_tokens(request)
+
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """In-process engines are loaded at start and never unloaded."""
         self._engine(model)

@@ -189,15 +189,25 @@ class RayBackend:
                 raise
             raise translated from exc
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        handle = self._handles.get(request.model)
+    async def _request(self, model: str, keep_alive_s: float | None, method: str, request: Any) -> Any:
+        """One unary request to ``model``'s replicas (``method`` of its deployment); for a model
+        that scales to zero it restarts the idle clock, as a generation does."""
+        handle = self._handles.get(model)
         if handle is None:
-            raise ModelNotFound(request.model)
-        await self._refuse_if_failed(request.model)
-        result = await self._call(request.model, lambda: handle.embed.remote(request))
-        if request.model in self._gates:
-            self._gates[request.model].note_finished(request.keep_alive_s)
+            raise ModelNotFound(model)
+        await self._refuse_if_failed(model)
+        result = await self._call(model, lambda: getattr(handle, method).remote(request))
+        if model in self._gates:
+            self._gates[model].note_finished(keep_alive_s)
         return result
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        return await self._request(request.model, request.keep_alive_s, "embed", request)  # type: ignore[no-any-return]
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The model's replica renders the prompt (a cold on-demand model loads for it, as for
+        a generation)."""
+        return int(await self._request(request.model, request.keep_alive_s, "count_tokens", request))
 
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """Load an on-demand model (through its gate) or, with ``keep_alive_s`` 0, let it unload.

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
+from serve_app.apis.anthropic.routes import build_anthropic_router
 from serve_app.apis.ollama.routes import build_ollama_router
 from serve_app.apis.openai.routes import build_openai_router
 from serve_app.core.backend import Backend
@@ -39,7 +40,7 @@ from serve_app.edge.middleware import (
     OPEN_PATHS,
     EdgeMiddleware,
     context_of,
-    render_error_body,
+    render_error,
     request_id_of,
 )
 from serve_app.settings import IngressSettings
@@ -55,17 +56,14 @@ from serve_app.transport.validation_errors import validation_error_to_invalid_re
 logger = logging.getLogger(__name__)
 
 
-def render_error(request: Request, error: ServingError) -> JSONResponse:
+def error_response(request: Request, error: ServingError) -> JSONResponse:
     """The error in the API shape of the request's path, with its status and headers."""
     request_id = request_id_of(request.scope)
     ctx = context_of(request.scope)
     if ctx is not None:
         ctx.record_error(error)
-    return JSONResponse(
-        render_error_body(request.url.path, error, request_id),
-        status_code=error.status,
-        headers=error_headers(error, request_id),
-    )
+    status, body = render_error(request.url.path, error, request_id)
+    return JSONResponse(body, status_code=status, headers=error_headers(error, request_id))
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -81,11 +79,11 @@ def _allowed_methods(request: Request) -> list[str]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> Response:
-        return render_error(request, exc)
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return render_error(request, validation_error_to_invalid_request(exc))
+        return error_response(request, validation_error_to_invalid_request(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -104,12 +102,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             error = ServingError(str(exc.detail), status=exc.status_code, code=None)
             if exc.status_code < 500:
                 error.type = InvalidRequest.type
-        return render_error(request, error)
+        return error_response(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s", request.url.path, exc_info=exc)
-        return render_error(request, ServingError("Internal server error."))
+        return error_response(request, ServingError("Internal server error."))
 
 
 def _route_matcher(app: FastAPI) -> Callable[[Scope], str]:
@@ -180,7 +178,7 @@ def create_app(
 
     app = FastAPI(
         title="LLM serving cluster",
-        description="OpenAI- and Ollama-compatible API in front of Ray Serve and vLLM.",
+        description="OpenAI-, Ollama- and Anthropic-compatible API in front of Ray Serve and vLLM.",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -212,6 +210,7 @@ def create_app(
 
     app.include_router(build_openai_router(gateway, max_n=settings.max_n))
     app.include_router(build_ollama_router(gateway, ollama_version=settings.ollama_version))
+    app.include_router(build_anthropic_router(gateway))
     app.include_router(build_responses_router(gateway, state_store, settings.state, runner))
     app.include_router(build_conversations_router(state_store, settings.state))
 

@@ -40,6 +40,11 @@ class Engine(Protocol):
         """Embed every input of ``request``."""
         ...
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's length in tokens as ``generate`` would render it (chat template, tools),
+        without generating; the same errors as ``generate`` for a request it cannot take."""
+        ...
+
     async def abort(self, request_id: str) -> None:
         """Stop generating for ``request_id``; a no-op when it already finished."""
         ...

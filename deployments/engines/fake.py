@@ -288,7 +288,9 @@ class FakeEngine:
             stop_at = self._stop_position(text_so_far + piece, request.sampling.stop)
             if stop_at is not None:
                 cut = (text_so_far + piece)[:stop_at][len(text_so_far) :]
-                yield GenerationChunk(index, text=cut, finish_reason="stop", usage=Usage(prompt_tokens, produced, cached))
+                matched = min((s for s in request.sampling.stop if s and (text_so_far + piece).find(s) == stop_at), key=len)
+                yield GenerationChunk(index, text=cut, finish_reason="stop", stop_sequence=matched,
+                                      usage=Usage(prompt_tokens, produced, cached))
                 return
             text_so_far += piece
             last = i == len(pieces) - 1
@@ -334,13 +336,18 @@ class FakeEngine:
             if self.config.prefill_s_per_token:
                 await asyncio.sleep((prompt_tokens - cached) * self.config.prefill_s_per_token)
             streams = [self._choice(i, request, prompt_tokens, cached) for i in range(request.sampling.n)]
+            first = True
             # Round-robin over choices, as a batching engine interleaves them.
             while streams:
                 for stream in list(streams):
                     try:
-                        yield await stream.__anext__()
+                        chunk = await stream.__anext__()
                     except StopAsyncIteration:
                         streams.remove(stream)
+                        continue
+                    if first:
+                        chunk.prompt_tokens, first = prompt_tokens, False
+                    yield chunk
             finished = True
             self.completed += 1
         finally:
@@ -350,6 +357,14 @@ class FakeEngine:
             if not finished:
                 await self.abort(rid)
             self.in_flight.discard(rid)
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's length under the fake tokenizer, as a generation's usage reports it."""
+        if self.card.kind != "generate":
+            raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
+        await self.check_health()
+        self.recent_requests.append(request)
+        return self.prompt_tokens(request)
 
     # -- embeddings -------------------------------------------------------------------------
 

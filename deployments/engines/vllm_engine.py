@@ -39,6 +39,7 @@ from deployments.engines.vllm_outputs import ChoiceState, output_chunk
 from deployments.engines.vllm_requests import (
     Prepared,
     RequestTarget,
+    count_chat_tokens,
     prepare_chat,
     prepare_completion,
 )
@@ -257,17 +258,29 @@ class VLLMEngine(_LazyStart):
             limit = min(limit, request.context_limit)
         return limit
 
-    async def _prepare(self, request: GenerationRequest) -> Prepared:
-        target = RequestTarget(
+    def _target(self) -> RequestTarget:
+        return RequestTarget(
             model_name=self.card.name,
             engine=self._require_engine(),
             renderer=self._renderer,
             default_sampling=self._default_sampling,
             override_max_tokens=self._override_max_tokens,
         )
+
+    async def _prepare(self, request: GenerationRequest) -> Prepared:
+        target = self._target()
         if request.kind == "chat":
             return await prepare_chat(request, target, self._limit(request))
         return await prepare_completion(request, target, self._limit(request))
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The chat's prompt tokens under the model's chat template, as ``generate`` renders it."""
+        if self.card.kind != "generate":
+            raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
+        await self.check_health()
+        if request.kind != "chat":
+            raise InvalidRequest("token counts are for chat requests", param="messages")
+        return await count_chat_tokens(request, self._target(), self._limit(request))
 
     # -- generation -------------------------------------------------------------------------
 
@@ -289,6 +302,7 @@ class VLLMEngine(_LazyStart):
         limit = self._limit(request)
         try:
             prompt_tokens = prepared.prompt_tokens
+            prompt_told = False
             try:
                 async for res in stream:
                     if res.prompt_token_ids is not None:
@@ -302,6 +316,8 @@ class VLLMEngine(_LazyStart):
                             out, state, prepared, res.prompt_token_ids, prompt_tokens, top_n, cached_tokens
                         )
                         if chunk is not None:
+                            if not prompt_told:
+                                chunk.prompt_tokens, prompt_told = prompt_tokens, True
                             yield chunk
                 finished = all(s.done for s in states)
             except (ServingError, GeneratorExit, asyncio.CancelledError):
@@ -370,6 +386,9 @@ class VLLMEmbeddingEngine(_LazyStart):
         return None if self._engine is None else self._engine.model_config.get_hidden_size()
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
         raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:

@@ -114,12 +114,16 @@ def output_chunk(
         for i, acc in sorted(state.tool_calls.items())
         if acc.name
     ]
+    finish = _map_finish(out.finish_reason, bool(calls))
+    # vLLM names the stop string that matched in ``stop_reason`` (a stop token's id is an int).
+    matched = out.stop_reason if finish == "stop" and isinstance(out.stop_reason, str) else None
     return GenerationChunk(
         out.index,
         text=text,
         reasoning=reasoning,
         tool_calls=calls or None,
         logprobs=logprobs,
-        finish_reason=_map_finish(out.finish_reason, bool(calls)),
+        finish_reason=finish,
+        stop_sequence=matched,
         usage=Usage(prompt_tokens, state.completion_tokens, cached_tokens),
     )

@@ -233,8 +233,9 @@ async def _cut_tokens(render: Callable[[Any], Awaitable[Any]], vreq: Any, budget
     return fitted
 
 
-async def prepare_chat(request: GenerationRequest, target: RequestTarget, limit: int) -> Prepared:
-    """A chat request rendered with the model's chat template, checked against ``limit``."""
+def _chat_payload(request: GenerationRequest, target: RequestTarget) -> dict[str, Any]:
+    """The chat request as vLLM's ``ChatCompletionRequest`` payload (messages, sampling, tools,
+    response format and chat-template kwargs), refusing what the model cannot take."""
     renderer = target.renderer
     engine = target.engine
     if request.has_images() and not engine.model_config.is_multimodal_model:
@@ -275,6 +276,21 @@ async def prepare_chat(request: GenerationRequest, target: RequestTarget, limit:
             payload["reasoning_effort"] = request.think
     if kwargs:
         payload["chat_template_kwargs"] = kwargs
+    return payload
+
+
+async def count_chat_tokens(request: GenerationRequest, target: RequestTarget, limit: int) -> int:
+    """The chat's prompt length in tokens under the model's chat template, tools included."""
+    payload = _chat_payload(request, target)
+    engine_input = await _render_chat(target.renderer, _chat_request(payload), limit, 0)
+    return len(_prompt_ids(engine_input))
+
+
+async def prepare_chat(request: GenerationRequest, target: RequestTarget, limit: int) -> Prepared:
+    """A chat request rendered with the model's chat template, checked against ``limit``."""
+    renderer = target.renderer
+    engine = target.engine
+    payload = _chat_payload(request, target)
     vreq = _chat_request(payload)
     template_kwargs = renderer.effective_chat_template_kwargs(vreq)
     model_config = engine.model_config

@@ -42,6 +42,11 @@ class Backend(Protocol):
         """Embed every input of the request."""
         ...
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's length in tokens as the model's engine renders it (its chat template,
+        tools included), without generating."""
+        ...
+
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """Load ``model`` if it is not (waiting as a first request would), and keep it loaded for
         ``keep_alive_s`` idle seconds (0: unload now, if it is loaded; negative: for as long as
@@ -69,6 +74,7 @@ def fold_chunks(chunks: Iterable[GenerationChunk]) -> GenerationResult:
             choice.logprobs = (choice.logprobs or []) + list(chunk.logprobs)
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
+            choice.stop_sequence = chunk.stop_sequence
         if chunk.usage is not None:
             prompt_tokens = max(prompt_tokens, chunk.usage.prompt_tokens)
             cached_tokens = max(cached_tokens, chunk.usage.cached_tokens)

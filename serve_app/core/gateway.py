@@ -6,11 +6,12 @@ queued, opens streams with the first batch peeked, and folds streams for non-str
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 from serve_app.core.backend import Backend, fold_chunks
-from serve_app.core.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Unsupported
+from serve_app.core.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, ModelUnavailable, Unsupported
 from serve_app.core.internal_types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -117,6 +118,16 @@ class Gateway:
         stream = with_deadline(self.backend.generate(request), self.request_deadline_s)
         observer = current_observer()
         return stream if observer is None else observer.observe(stream)
+
+    async def count_tokens(self, card: ModelCard, request: GenerationRequest) -> int:
+        """The prompt's tokens under the model's chat template, after the same checks as a
+        generation (a request the model cannot serve is refused here too)."""
+        self.check_generation_supported(card, request)
+        try:
+            async with asyncio.timeout(self.request_deadline_s):
+                return await self.backend.count_tokens(request)
+        except TimeoutError:
+            raise DeadlineExceeded(self.request_deadline_s) from None
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed after checking the request against the model's card."""

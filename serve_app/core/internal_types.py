@@ -215,8 +215,13 @@ class GenerationChunk:
     tool_calls: list[ToolCallDelta] | None = None
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    # With finish "stop": the stop string that ended the choice (None: the model's own end).
+    stop_sequence: str | None = None
     usage: Usage | None = None
     queued_s: float | None = None  # on the first chunk: ingress submission to replica start
+    # On the first chunk: the prompt's length in tokens as the engine rendered it (Anthropic's
+    # message_start reports it before any usage exists).
+    prompt_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -229,6 +234,7 @@ class ChoiceResult:
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None
 
 
 @dataclass(slots=True)

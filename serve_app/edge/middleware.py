@@ -26,7 +26,13 @@ from serve_app.edge.accounting import Accounting
 from serve_app.edge.keys import ApiKey
 from serve_app.edge.limits import retry_after_headers
 from serve_app.edge.request_context import RequestContext
-from serve_app.transport.error_rendering import error_headers, ollama_error_body, openai_error_body
+from serve_app.transport.error_rendering import (
+    anthropic_error_body,
+    anthropic_status,
+    error_headers,
+    ollama_error_body,
+    openai_error_body,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +45,27 @@ UNACCOUNTED_PATHS = OPEN_PATHS | {METRICS_PATH}
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+ANTHROPIC_PATH = "/v1/messages"
+
+
 def api_of_path(path: str) -> str:
-    """Which API's error shape a path answers in: ``openai`` or ``ollama``."""
+    """Which API a path belongs to (its error shape, its metrics' ``api`` label): ``openai``,
+    ``ollama`` or ``anthropic``."""
     if path == "/" or path.startswith("/api/") or path == "/api":
         return "ollama"
+    if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+        return "anthropic"
     return "openai"
 
 
-def render_error_body(path: str, error: ServingError, request_id: str | None) -> dict[str, Any]:
-    """The error body in the API of ``path``."""
-    if api_of_path(path) == "ollama":
-        return ollama_error_body(error, request_id)
-    return openai_error_body(error, request_id)
+def render_error(path: str, error: ServingError, request_id: str | None) -> tuple[int, dict[str, Any]]:
+    """The error's status and body in the API of ``path`` (Anthropic has its own statuses)."""
+    api = api_of_path(path)
+    if api == "ollama":
+        return error.status, ollama_error_body(error, request_id)
+    if api == "anthropic":
+        return anthropic_status(error), anthropic_error_body(error, request_id)
+    return error.status, openai_error_body(error, request_id)
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -121,21 +136,27 @@ class EdgeMiddleware:
         self._route_of = route_of or (lambda scope: "unmatched")
 
     def _authenticate(self, scope: Scope) -> ApiKey | None | bool:
-        """The key the request carries; ``None`` when no keys are set, ``False`` when refused."""
+        """The key the request carries; ``None`` when no keys are set, ``False`` when refused.
+
+        The key comes as ``Authorization: Bearer`` (OpenAI, Ollama) or ``x-api-key``
+        (Anthropic's SDK); either may carry it, with the same keys and limits.
+        """
         if not self._keys:
             return None
-        header = b""
+        tokens: list[bytes] = []
         for name, value in scope["headers"]:
             if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.partition(b" ")
-        token = token.strip() if scheme.lower() == b"bearer" else b""
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    tokens.append(token.strip())
+            elif name == b"x-api-key":
+                tokens.append(value.strip())
         # Compare against every key without stopping early, so timing says nothing.
         found: ApiKey | None = None
-        for key in self._keys:
-            if hmac.compare_digest(token, key.secret):
-                found = key
+        for token in tokens[:2] or [b""]:
+            for key in self._keys:
+                if hmac.compare_digest(token, key.secret):
+                    found = key
         return found if found is not None else False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -232,7 +253,7 @@ class EdgeMiddleware:
             key = self._authenticate(scope)
             if key is False:
                 return AuthenticationFailed(
-                    "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'."
+                    "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
                 )
         if content_length is not None and content_length.isdigit() and int(content_length) > self.max_body_bytes:
             return self._too_large()
@@ -284,8 +305,9 @@ class EdgeMiddleware:
         return PayloadTooLarge(f"Request body is larger than the limit of {self.max_body_bytes} bytes.")
 
     async def _send_error(self, scope: Scope, send: Send, error: ServingError, request_id: str) -> None:
-        body = json.dumps(render_error_body(scope["path"], error, request_id)).encode()
+        status, rendered = render_error(scope["path"], error, request_id)
+        body = json.dumps(rendered).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.encode(), v.encode()) for k, v in error_headers(error, request_id).items()]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

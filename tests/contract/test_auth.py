@@ -35,6 +35,8 @@ BODIES: dict[str, dict[str, object]] = {
     "/v1/conversations": {"metadata": {"topic": "auth"}},
     "/v1/conversations/sha256-0000": {"metadata": {"topic": "auth"}},
     "/v1/conversations/sha256-0000/items": {"items": [{"role": "user", "content": "hi"}]},
+    "/v1/messages": {"model": CHAT_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/messages/count_tokens": {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
 }
 # Stored objects by id: the made-up id is not found (404), once past the key check.
 STATEFUL_BY_ID = ("/v1/responses/", "/v1/conversations/")
@@ -72,6 +74,9 @@ def assert_401_shape(path: str, reply: httpx.Response) -> None:
     body = reply.json()
     if path == "/" or path.startswith("/api"):
         assert set(body) == {"error"} and isinstance(body["error"], str)
+    elif path.startswith("/v1/messages"):
+        assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+        assert body["request_id"] == reply.headers["x-request-id"]
     else:
         assert body["error"]["code"] == "invalid_api_key"
         assert body["error"]["type"] == "invalid_request_error"
@@ -90,10 +95,14 @@ def test_every_route_needs_the_key(keyed_client: TestClient) -> None:
         if path in HEALTH_PATHS:
             assert keyed_client.request(method, path).status_code == 200
             continue
-        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": KEY}, {"authorization": f"Basic {KEY}"}):
+        refused = ({}, {"authorization": "Bearer wrong"}, {"authorization": KEY}, {"authorization": f"Basic {KEY}"},
+                   {"x-api-key": "wrong"}, {"x-api-key": ""})
+        for headers in refused:
             assert_401_shape(path, keyed_client.request(method, path, headers=headers, **kwargs))
-        for key in (KEY, OTHER_KEY):
-            reply = keyed_client.request(method, path, headers={"authorization": f"Bearer {key}"}, **kwargs)
+        # Either header carries the key (Anthropic's SDK sends x-api-key), on every route.
+        for key, header in ((KEY, "authorization"), (OTHER_KEY, "authorization"), (KEY, "x-api-key")):
+            value = f"Bearer {key}" if header == "authorization" else key
+            reply = keyed_client.request(method, path, headers={header: value}, **kwargs)
             assert reply.status_code != 401, (method, path)
             expected = 403 if path in MANAGEMENT or path.startswith("/api/blobs") else 200
             if path.startswith(STATEFUL_BY_ID):

@@ -18,11 +18,30 @@ from tests.servers import serve_in_thread
 
 OPENAI_POSTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 OLLAMA_POSTS = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show"]
-ALL_BODY_ROUTES = OPENAI_POSTS + OLLAMA_POSTS
+ANTHROPIC_POSTS = ["/v1/messages", "/v1/messages/count_tokens"]
+ALL_BODY_ROUTES = OPENAI_POSTS + OLLAMA_POSTS + ANTHROPIC_POSTS
+# Anthropic's error type for each of our OpenAI codes these tests meet.
+ANTHROPIC_TYPE_OF_CODE = {
+    "not_found": "not_found_error",
+    "method_not_allowed": "invalid_request_error",
+    "request_too_large": "request_too_large",
+}
 
 
 def is_ollama(path: str) -> bool:
     return path == "/" or path.startswith("/api")
+
+
+def is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def assert_code(path: str, error: dict[str, object], code: str) -> None:
+    """The error names ``code`` in its API's vocabulary (Ollama's has none)."""
+    if is_anthropic(path):
+        assert error["type"] == ANTHROPIC_TYPE_OF_CODE[code], error
+    elif not is_ollama(path):
+        assert error["code"] == code, error
 
 
 def assert_error_shape(path: str, reply: httpx.Response, status: int) -> dict[str, object]:
@@ -32,6 +51,11 @@ def assert_error_shape(path: str, reply: httpx.Response, status: int) -> dict[st
     if is_ollama(path):
         assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
         return body
+    if is_anthropic(path):
+        assert set(body) == {"type", "error", "request_id"} and body["type"] == "error"
+        assert set(body["error"]) == {"type", "message"} and body["error"]["message"]
+        assert body["request_id"] == reply.headers["x-request-id"]
+        return body["error"]
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["code"] is None or isinstance(body["error"]["code"], str)
@@ -42,12 +66,13 @@ def routes_of(app: FastAPI) -> list[Route]:
     return [r for r in app.routes if isinstance(r, Route)]
 
 
-@pytest.mark.parametrize("path", ["/nope", "/v1/nope", "/v1/chat/completion", "/api/nope", "/api/chat/x"])
+@pytest.mark.parametrize(
+    "path", ["/nope", "/v1/nope", "/v1/chat/completion", "/api/nope", "/api/chat/x", "/v1/messages/batches"]
+)
 def test_unknown_route_404(client: TestClient, path: str) -> None:
     for method in ("GET", "POST"):
         error = assert_error_shape(path, client.request(method, path, json={}), 404)
-        if not is_ollama(path):
-            assert error["code"] == "not_found"
+        assert_code(path, error, "not_found")
 
 
 def test_wrong_method_405_on_every_route(client: TestClient) -> None:
@@ -60,8 +85,7 @@ def test_wrong_method_405_on_every_route(client: TestClient) -> None:
                 continue
             reply = client.request(method, path)
             error = assert_error_shape(path, reply, 405)
-            if not is_ollama(path):
-                assert error["code"] == "method_not_allowed"
+            assert_code(path, error, "method_not_allowed")
             assert set(reply.headers["allow"].replace(" ", "").split(",")) >= (allowed - {"HEAD"})
             checked += 1
     assert checked > 40
@@ -96,6 +120,14 @@ def test_malformed_json_is_400(client: TestClient, path: str, raw: bytes) -> Non
         ("/api/chat", {"model": CHAT_MODEL, "messages": [{"role": "x", "content": "y"}]}, "messages[0].role"),
         ("/api/chat", {"model": CHAT_MODEL, "messages": "hi"}, "messages"),
         ("/api/embed", {"model": EMBED_MODEL, "input": 5}, "input"),
+        ("/v1/messages", {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        ("/v1/messages", {"model": CHAT_MODEL, "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        ("/v1/messages", {"model": CHAT_MODEL, "max_tokens": 4, "messages": []}, "messages"),
+        ("/v1/messages", {"model": CHAT_MODEL, "max_tokens": 4, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ("/v1/messages", {"model": CHAT_MODEL, "max_tokens": 4, "temperature": 1.5, "messages": [{"role": "user", "content": "x"}]}, "temperature"),
+        ("/v1/messages", {"model": CHAT_MODEL, "max_tokens": 4, "top_k": -1, "messages": [{"role": "user", "content": "x"}]}, "top_k"),
+        ("/v1/messages", {"model": CHAT_MODEL, "max_tokens": 4, "frequency_penalty": 1, "messages": [{"role": "user", "content": "x"}]}, "frequency_penalty"),
+        ("/v1/messages/count_tokens", {"model": CHAT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
     ],
 )
 def test_schema_violation_is_400_with_param(client: TestClient, path: str, body: object, param: str) -> None:
@@ -103,6 +135,8 @@ def test_schema_violation_is_400_with_param(client: TestClient, path: str, body:
     error = assert_error_shape(path, reply, 400)
     if is_ollama(path):
         assert param in str(error["error"])
+    elif is_anthropic(path):
+        assert error["type"] == "invalid_request_error" and param in str(error["message"]), error
     else:
         assert error["param"] == param
         assert error["type"] == "invalid_request_error"
@@ -140,8 +174,7 @@ def test_body_over_limit_is_413(small_limit_url: str, path: str) -> None:
         assert reply.status_code in (405, 413)
         return
     error = assert_error_shape(path, reply, 413)
-    if not is_ollama(path):
-        assert error["code"] == "request_too_large"
+    assert_code(path, error, "request_too_large")
 
 
 def test_body_under_limit_chunked_is_fine(small_limit_url: str) -> None:

@@ -138,6 +138,9 @@ async def test_prompt_tokens_match_the_templated_prompt(chat_engine) -> None:
     usage = chunks[-1].usage
     assert usage is not None and usage.prompt_tokens == expected
     assert usage.completion_tokens == 4
+    # Known before the first token (Anthropic's message_start), and without generating at all.
+    assert chunks[0].prompt_tokens == expected and all(c.prompt_tokens is None for c in chunks[1:])
+    assert await chat_engine.count_tokens(chat()) == expected
 
 
 async def test_max_tokens_finishes_with_length_and_logprobs(chat_engine) -> None:
@@ -176,7 +179,10 @@ async def test_completion_kind_and_stop(chat_engine) -> None:
     stopped = request.model_copy(update={"sampling": SamplingParams(temperature=0, max_tokens=8, stop=["Paris"])})
     chunks = await collect(chat_engine, stopped)
     assert "Paris" not in text_of(chunks)
-    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].stop_sequence == "Paris"
+    # The model's own end of turn names no stop string.
+    natural = await collect(chat_engine, chat(temperature=0, max_tokens=64))
+    assert natural[-1].finish_reason == "stop" and natural[-1].stop_sequence is None
 
 
 async def test_json_object_output_parses(chat_engine) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadgen import RequestRecord
+from benchmarks.loadgen import RequestRecord, anthropic_event_text
 from benchmarks.report import markdown
 from benchmarks.run import ratios
 from benchmarks.stats import percentile, summarise
@@ -58,3 +58,20 @@ def test_ratios_and_markdown_from_rows() -> None:
     assert figures["time to first token B-C at 1 stream (ms"] == pytest.approx(6.0)
     text = markdown({"suite": "fake", "date": "d", "rows": rows, "ratios": ratios("fake", rows)})
     assert "| time per output token B/C, 32 streams, 20 ms/token | 1.030 | <= 1.03 |" in text
+
+
+def test_anthropic_events_are_read_as_the_sdk_reads_them() -> None:
+    record = RequestRecord(start=0.0)
+    events = [
+        {"type": "message_start", "message": {"usage": {"input_tokens": 3}}},
+        {"type": "ping"},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "tok0 "}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "tok1 "}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}},
+    ]
+    assert "".join(anthropic_event_text(e, record) for e in events) == "tok0 tok1 "
+    assert record.reported_tokens == 2 and not record.ok
+    anthropic_event_text({"type": "message_stop"}, record)
+    assert record.ok and not record.error
+    anthropic_event_text({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, record)
+    assert "overloaded_error" in record.error

@@ -1,0 +1,1 @@
+"""Anthropic's Messages API: schemas, adapter and routes over the internal types."""
