@@ -44,6 +44,11 @@ from serve_app.edge.middleware import (
     request_id_of,
 )
 from serve_app.settings import IngressSettings
+from serve_app.state.assistants.routes import build_assistants_router
+from serve_app.state.assistants.run_routes import build_runs_router
+from serve_app.state.assistants.runs import RunExecutor
+from serve_app.state.assistants.sql_store import SqlAssistantsStore
+from serve_app.state.assistants.store import AssistantsStore
 from serve_app.state.conversations.routes import build_conversations_router
 from serve_app.state.maintenance import sweep_forever
 from serve_app.state.responses.background import BackgroundRunner
@@ -132,6 +137,7 @@ def create_app(
     metrics_mirror: MetricsMirror | None = None,
     collectors: Sequence[Collector] = (),
     store: StateStore | None = None,
+    assistants_store: AssistantsStore | None = None,
 ) -> FastAPI:
     """Build the ingress app serving ``cards`` through ``backend``.
 
@@ -139,7 +145,8 @@ def create_app(
     one across replicas); ``metrics_mirror`` receives every metric observation as well as this
     app's own Prometheus registry (Ray's metrics export under Serve); ``collectors`` add
     families the deployment layer owns (the request routers' per-replica figures); ``store``
-    keeps Responses and Conversations (by default the database ``settings.state`` names).
+    keeps Responses and Conversations (by default the database ``settings.state`` names), and
+    ``assistants_store`` the Assistants API's objects (by default in that same database).
     """
     settings = settings or IngressSettings()
     gateway = Gateway(
@@ -157,6 +164,11 @@ def create_app(
     )
     state_store = store or SqlStateStore(settings.state.database_url())
     runner = BackgroundRunner(state_store, settings.state)
+    if assistants_store is None:
+        if not isinstance(state_store, SqlStateStore):
+            raise TypeError("a state store other than SqlStateStore needs its own assistants_store")
+        assistants_store = SqlAssistantsStore(state_store)
+    executor = RunExecutor(gateway, assistants_store, settings.state, worker=runner.worker)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -167,13 +179,14 @@ def create_app(
             await state_store.start()
         except ServingError as exc:
             logger.warning("state store not available at start-up: %s", exc.message)
-        sweeper = asyncio.create_task(sweep_forever(state_store, settings.state))
+        sweeper = asyncio.create_task(sweep_forever(state_store, settings.state, assistants_store))
         try:
             yield
         finally:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
             await runner.close()
+            await executor.close()
             await state_store.close()
 
     app = FastAPI(
@@ -213,6 +226,9 @@ def create_app(
     app.include_router(build_anthropic_router(gateway))
     app.include_router(build_responses_router(gateway, state_store, settings.state, runner))
     app.include_router(build_conversations_router(state_store, settings.state))
+    # Runs first: POST /v1/threads/runs must not be taken for POST /v1/threads/{thread_id}.
+    app.include_router(build_runs_router(gateway, assistants_store, settings.state, executor, accounting.limiter))
+    app.include_router(build_assistants_router(gateway, assistants_store, settings.state))
 
     app.add_middleware(
         EdgeMiddleware,

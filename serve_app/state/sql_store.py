@@ -151,7 +151,10 @@ class SqlStateStore:
         if engine is not None and self._loop is asyncio.get_running_loop():
             await engine.dispose()
 
-    async def _begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+    async def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction on the store's database (connecting first if needed); failures of the
+        database surface as :class:`StoreUnavailable`. Other stores over the same database
+        (the Assistants API's) open theirs here."""
         if self._engine is None or self._loop is not asyncio.get_running_loop():
             try:
                 await self.start()
@@ -165,7 +168,7 @@ class SqlStateStore:
     async def save_turn(
         self, owner: str, response: StoredResponse | None, conversation_id: str | None, items: list[Json]
     ) -> None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             if conversation_id is not None:
                 found = await conn.execute(
                     select(conversations.c.id).where(
@@ -179,13 +182,13 @@ class SqlStateStore:
                 await self._upsert_response(conn, response)
 
     async def put_response(self, response: StoredResponse) -> None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             await self._upsert_response(conn, response)
 
     async def finish_background(
         self, response: StoredResponse, conversation_id: str | None, items: list[Json]
     ) -> bool:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             changed = await conn.execute(
                 update(responses)
                 .where(
@@ -215,7 +218,7 @@ class SqlStateStore:
             await conn.execute(insert(responses).values(**values))
 
     async def get_response(self, owner: str, response_id: str) -> StoredResponse | None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             row = (
                 await conn.execute(
                     select(responses).where(and_(responses.c.id == response_id, responses.c.owner == owner))
@@ -224,7 +227,7 @@ class SqlStateStore:
         return None if row is None else _response_of(row)
 
     async def delete_response(self, owner: str, response_id: str) -> bool:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             result = await conn.execute(
                 delete(responses).where(and_(responses.c.id == response_id, responses.c.owner == owner))
             )
@@ -233,7 +236,7 @@ class SqlStateStore:
     async def response_chain(self, owner: str, response_id: str, max_depth: int) -> list[StoredResponse]:
         chain: list[StoredResponse] = []
         next_id: str | None = response_id
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             while next_id is not None:
                 if len(chain) >= max_depth:
                     raise ValueError(f"the previous_response_id chain is longer than {max_depth} responses")
@@ -259,7 +262,7 @@ class SqlStateStore:
         return _page(stored.input_items, after, limit, order)
 
     async def heartbeat(self, owner: str, response_id: str, worker: str) -> bool:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             result = await conn.execute(
                 update(responses)
                 .where(
@@ -276,7 +279,7 @@ class SqlStateStore:
         return result.rowcount > 0
 
     async def request_cancel(self, owner: str, response_id: str) -> StoredResponse | None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             row = (
                 await conn.execute(
                     select(responses).where(and_(responses.c.id == response_id, responses.c.owner == owner))
@@ -298,7 +301,7 @@ class SqlStateStore:
         return stored
 
     async def close_stale(self, older_than: float, error: Json) -> int:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             rows = (
                 await conn.execute(
                     select(responses).where(
@@ -335,7 +338,7 @@ class SqlStateStore:
         )
 
     async def create_conversation(self, conversation: StoredConversation, items: list[Json]) -> None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             await conn.execute(
                 insert(conversations).values(
                     id=conversation.id,
@@ -347,7 +350,7 @@ class SqlStateStore:
             await self._insert_items(conn, conversation.owner, conversation.id, items)
 
     async def get_conversation(self, owner: str, conversation_id: str) -> StoredConversation | None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             row = (
                 await conn.execute(
                     select(conversations).where(
@@ -362,7 +365,7 @@ class SqlStateStore:
     async def update_conversation(
         self, owner: str, conversation_id: str, metadata: dict[str, str]
     ) -> StoredConversation | None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             result = await conn.execute(
                 update(conversations)
                 .where(and_(conversations.c.id == conversation_id, conversations.c.owner == owner))
@@ -373,7 +376,7 @@ class SqlStateStore:
         return await self.get_conversation(owner, conversation_id)
 
     async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             await conn.execute(
                 delete(conversation_items).where(
                     and_(conversation_items.c.conversation_id == conversation_id, conversation_items.c.owner == owner)
@@ -385,7 +388,7 @@ class SqlStateStore:
         return result.rowcount > 0
 
     async def add_items(self, owner: str, conversation_id: str, items: list[Json]) -> bool:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             found = await conn.execute(
                 select(conversations.c.id).where(
                     and_(conversations.c.id == conversation_id, conversations.c.owner == owner)
@@ -399,7 +402,7 @@ class SqlStateStore:
     async def list_items(
         self, owner: str, conversation_id: str, *, after: str | None, limit: int | None, order: Order
     ) -> Page | None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             found = await conn.execute(
                 select(conversations.c.id).where(
                     and_(conversations.c.id == conversation_id, conversations.c.owner == owner)
@@ -436,7 +439,7 @@ class SqlStateStore:
         return Page(items, False)
 
     async def get_item(self, owner: str, conversation_id: str, item_id: str) -> Json | None:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             row = (
                 await conn.execute(
                     select(conversation_items.c.item).where(
@@ -451,7 +454,7 @@ class SqlStateStore:
         return None if row is None else row.item
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             result = await conn.execute(
                 delete(conversation_items).where(
                     and_(
@@ -466,7 +469,7 @@ class SqlStateStore:
     # -- housekeeping ---------------------------------------------------------------------
 
     async def purge_older_than(self, cutoff: float) -> int:
-        async with await self._begin() as conn:
+        async with await self.begin() as conn:
             gone = await conn.execute(delete(responses).where(responses.c.created_at < cutoff))
             old = select(conversations.c.id).where(conversations.c.created_at < cutoff)
             await conn.execute(delete(conversation_items).where(conversation_items.c.conversation_id.in_(old)))

@@ -57,3 +57,38 @@ conversation_items = Table(
     Column("created_at", Float, nullable=False),
     Column("item", JSON, nullable=False),
 )
+
+# -- the Assistants API (migration 0002) ----------------------------------------------------
+
+# Assistants, threads, thread messages and run steps: wire-shaped objects by kind. A message
+# has its thread (and the run that wrote it); a step its thread and run; ``seq`` is list order.
+assistant_objects = Table(
+    "assistant_objects",
+    metadata,
+    Column("seq", Sequence64, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("owner", String(256), nullable=False, index=True),
+    Column("thread_id", String(64), nullable=True, index=True),
+    Column("run_id", String(64), nullable=True, index=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("body", JSON, nullable=False),
+)
+
+# Runs: their object, and what a replica needs to carry one on (the tool calls and outputs of
+# the run so far), with the same heartbeat and cancel columns as background responses.
+assistant_runs = Table(
+    "assistant_runs",
+    metadata,
+    Column("seq", Sequence64, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("owner", String(256), nullable=False, index=True),
+    Column("thread_id", String(64), nullable=False, index=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("status", String(24), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("transcript", JSON, nullable=False),
+    Column("worker", String(128), nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+)

@@ -37,9 +37,18 @@ BODIES: dict[str, dict[str, object]] = {
     "/v1/conversations/sha256-0000/items": {"items": [{"role": "user", "content": "hi"}]},
     "/v1/messages": {"model": CHAT_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
     "/v1/messages/count_tokens": {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/threads": {"metadata": {"topic": "auth"}},
+    "/v1/threads/sha256-0000": {"metadata": {"topic": "auth"}},
+    "/v1/threads/sha256-0000/messages": {"role": "user", "content": "hi"},
+    "/v1/threads/sha256-0000/messages/sha256-0000": {"metadata": {}},
+    "/v1/threads/sha256-0000/runs": {"assistant_id": "asst_0"},
+    "/v1/threads/sha256-0000/runs/sha256-0000": {"metadata": {}},
+    "/v1/threads/sha256-0000/runs/sha256-0000/submit_tool_outputs": {"tool_outputs": [{"tool_call_id": "c", "output": ""}]},
+    "/v1/threads/runs": {"assistant_id": "asst_0"},
+    "/v1/assistants/sha256-0000": {"name": "x"},
 }
 # Stored objects by id: the made-up id is not found (404), once past the key check.
-STATEFUL_BY_ID = ("/v1/responses/", "/v1/conversations/")
+STATEFUL_BY_ID = ("/v1/responses/", "/v1/conversations/", "/v1/assistants/", "/v1/threads/")
 MANAGEMENT = {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"}
 
 

@@ -1,4 +1,5 @@
-"""The Responses API and the openai-agents Runner over the real stack (SmolLM2 on vLLM, CPU).
+"""The Responses API, the openai-agents Runner and an Assistants run over the real stack
+(SmolLM2 on vLLM, CPU).
 
 Uses the package's shared ``stack`` (tests/e2e/conftest.py); the store is the default SQLite
 file under this test run's throwaway data folder.
@@ -82,3 +83,16 @@ async def test_agents_runner_with_a_function_tool_answers_paris(stack: dict[str,
     )
     result = await Runner.run(agent, QUESTION, max_turns=4)
     assert "Paris" in str(result.final_output)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_an_assistant_run_answers_the_capital_of_france(client: openai.OpenAI) -> None:
+    assistant = client.beta.assistants.create(model=CHAT, instructions="Answer in one short sentence.", temperature=0)
+    run = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": QUESTION}]},
+        max_completion_tokens=32, poll_interval_ms=100,
+    )
+    assert run.status in ("completed", "incomplete"), run.last_error
+    assert run.usage is not None and run.usage.prompt_tokens > 5
+    answer = client.beta.threads.messages.list(run.thread_id).data[0]
+    assert answer.role == "assistant" and "Paris" in answer.content[0].text.value  # type: ignore[union-attr]

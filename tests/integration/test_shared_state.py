@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,25 +18,32 @@ import openai
 import pytest
 from ray import serve
 
+from serve_app.state.assistants.sql_store import SqlAssistantsStore
+from serve_app.state.assistants.store import StoredRun
 from serve_app.state.sql_store import SqlStateStore
 from serve_app.state.store import StoredResponse
-from tests.integration.harness import APP_NAME, deploy, local_ray, shared_database
+from tests.integration.harness import APP_NAME, deploy, local_ray, shared_database, wait_for
 
 pytestmark = pytest.mark.ray
 
 MODEL = "chat:1"
 
 
+SLOW = "slow:1"  # a run long enough to kill its replica in the middle of it
+
+
 def app_args(state: dict[str, Any], ingress_replicas: int) -> dict[str, Any]:
     return {
         "models": [
             {
-                "name": MODEL,
+                "name": name,
                 "engine": "fake",
-                "engine_args": {"output_tokens": 3},
+                "engine_args": engine_args,
                 "context_length": 100000,
                 "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
             }
+            for name, engine_args in ((MODEL, {"output_tokens": 3}),
+                                      (SLOW, {"output_tokens": 400, "token_interval_s": 0.1}))
         ],
         "ingress": {
             "settings": {"state": state},
@@ -117,4 +126,62 @@ def test_the_default_sqlite_file_survives_a_restart(cluster: tuple[str, dict[str
     restart(args)
     assert client(base).responses.retrieve(response.id).output_text == response.output_text
     assert (tmp_path / "state.sqlite3").is_file()
+    serve.delete(APP_NAME)
+
+
+def stored_runs(database_url: str, thread_run_ids: list[tuple[str, str]]) -> list[StoredRun]:
+    """The run rows as the database holds them."""
+
+    async def read() -> list[StoredRun]:
+        base = SqlStateStore(database_url.replace("postgresql://", "postgresql+asyncpg://"))
+        store = SqlAssistantsStore(base)
+        try:
+            rows = [await store.get_run("", thread_id, run_id) for thread_id, run_id in thread_run_ids]
+        finally:
+            await base.close()
+        return [row for row in rows if row is not None]
+
+    return asyncio.run(read())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_assistant_runs_are_polled_through_either_replica_and_a_killed_one_fails_its_run(
+    cluster: tuple[str, dict[str, Any], str],
+) -> None:
+    base, state, database_url = cluster
+    # Replicas heartbeat their runs every half second; a run not heard of for 3 s is closed.
+    args = app_args({**state, "heartbeat_s": 0.5, "stale_after_s": 3}, ingress_replicas=2)
+    deploy(args)
+    api = client(base)
+    assistant = api.beta.assistants.create(model=MODEL, instructions="Be brief.")
+    runs = [
+        api.beta.threads.create_and_run(assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": f"q{i}"}]})
+        for i in range(8)
+    ]
+    finished = [api.beta.threads.runs.poll(r.id, thread_id=r.thread_id, poll_interval_ms=50) for r in runs]
+    assert [r.status for r in finished] == ["completed"] * 8
+    # Each run was carried out by the replica that took it and read back through whichever the
+    # proxy picked: both replicas ran some.
+    workers = {row.worker for row in stored_runs(database_url, [(r.thread_id, r.id) for r in runs])}
+    assert len(workers) == 2, workers
+    answers = api.beta.threads.messages.list(runs[0].thread_id).data
+    assert answers[0].content[0].text.value == "tok0 tok1 tok2 "  # type: ignore[union-attr]
+
+    slow = api.beta.assistants.create(model=SLOW)
+    doomed = api.beta.threads.create_and_run(assistant_id=slow.id, thread={"messages": [{"role": "user", "content": "long"}]})
+    wait_for(lambda: api.beta.threads.runs.retrieve(doomed.id, thread_id=doomed.thread_id).status == "in_progress",
+             timeout_s=30, what="the slow run to start")
+    [row] = stored_runs(database_url, [(doomed.thread_id, doomed.id)])
+    assert row.worker is not None
+    os.kill(int(row.worker.split(":")[1]), signal.SIGKILL)  # the ingress replica running it
+    started = time.monotonic()
+    wait_for(lambda: api.beta.threads.runs.retrieve(doomed.id, thread_id=doomed.thread_id).status == "failed",
+             timeout_s=60, what="the orphaned run to be closed")
+    closed = api.beta.threads.runs.retrieve(doomed.id, thread_id=doomed.thread_id)
+    assert closed.last_error is not None and "stopped" in closed.last_error.message
+    assert time.monotonic() - started < 60
+    # The surviving (and the replaced) replica keep serving runs.
+    again = api.beta.threads.create_and_run_poll(assistant_id=assistant.id, poll_interval_ms=50,
+                                                 thread={"messages": [{"role": "user", "content": "after"}]})
+    assert again.status == "completed"
     serve.delete(APP_NAME)

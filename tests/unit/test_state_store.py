@@ -6,8 +6,6 @@ PostgreSQL is a real server these tests start (tests/postgres.py), never a mock.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -20,30 +18,6 @@ from serve_app.state.responses.background import STALE_ERROR
 from serve_app.state.sql_store import SqlStateStore
 from serve_app.state.store import StoredConversation, StoredResponse
 from serve_app.state.tables import metadata
-from tests.postgres import postgres_available, postgres_server
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not installed on this machine")
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStateStore]:
-    if request.param == "sqlite":
-        url = StateSettings(data_dir=tmp_path).database_url()
-    else:
-        base = request.getfixturevalue("postgres_url")
-        url = base.replace("postgresql://", "postgresql+asyncpg://")
-    state = SqlStateStore(url)
-    await state.start()
-    if request.param == "postgresql":
-        await state.purge_older_than(time.time() + 1e6)  # the module's server is shared
-    yield state
-    await state.close()
 
 
 def response(rid: str, owner: str = "alice", previous: str | None = None, **fields: object) -> StoredResponse:
