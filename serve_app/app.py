@@ -228,7 +228,7 @@ def create_app(
     app.include_router(build_conversations_router(state_store, settings.state))
     # Runs first: POST /v1/threads/runs must not be taken for POST /v1/threads/{thread_id}.
     app.include_router(build_runs_router(gateway, assistants_store, settings.state, executor, accounting.limiter))
-    app.include_router(build_assistants_router(gateway, assistants_store, settings.state))
+    app.include_router(build_assistants_router(gateway, assistants_store, settings.state, executor.cancel_local))
 
     app.add_middleware(
         EdgeMiddleware,

@@ -16,7 +16,7 @@ from openai import AssistantEventHandler, OpenAI
 from deployments.engines.fake import FakeEngine, FakeEngineConfig
 from serve_app.settings import IngressSettings
 from serve_app.state.assistants.sql_store import SqlAssistantsStore
-from serve_app.state.assistants.store import StoredRun
+from serve_app.state.assistants.store import Cursor, StoredRun
 from serve_app.state.sql_store import SqlStateStore
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, build_fake_app
 from tests.servers import serve_in_thread
@@ -94,6 +94,10 @@ def test_hosted_tools_are_refused_by_name(served: tuple[OpenAI, FakeEngine, str]
 
 def test_file_ids_are_refused(served: tuple[OpenAI, FakeEngine, str]) -> None:
     client, _, _ = served
+    # Empty resource lists, as some clients send by default, name no file.
+    empty = client.beta.assistants.create(model=CHAT_MODEL, tool_resources={"code_interpreter": {"file_ids": []}})
+    with pytest.raises(openai.BadRequestError, match="cannot be null"):
+        client.beta.assistants.update(empty.id, extra_body={"model": None})
     with pytest.raises(openai.BadRequestError, match="File ids"):
         client.beta.assistants.create(model=CHAT_MODEL, tool_resources={"file_search": {"vector_store_ids": ["vs_1"]}})
     thread = client.beta.threads.create()
@@ -264,6 +268,10 @@ def test_streamed_tool_call_and_streamed_outputs(served: tuple[OpenAI, FakeEngin
     run = stream.current_run
     assert run is not None and run.status == "requires_action" and handler.events[-1] == "thread.run.requires_action"
     [call] = run.required_action.submit_tool_outputs.tool_calls  # type: ignore[union-attr]
+    # The SDK's own snapshot of the step holds the call once (created empty, filled by the delta).
+    [snapshot] = stream.current_run_step_snapshot.step_details.tool_calls  # type: ignore[union-attr]
+    assert (snapshot.id, snapshot.function.name, snapshot.function.arguments) == (  # type: ignore[union-attr]
+        call.id, "get_weather", call.function.arguments)
     wrong = [{"tool_call_id": "call_nope", "output": "x"}]
     with pytest.raises(openai.BadRequestError, match="Expected tool outputs"):
         client.beta.threads.runs.submit_tool_outputs(run.id, thread_id=thread.id, tool_outputs=wrong)
@@ -275,6 +283,31 @@ def test_streamed_tool_call_and_streamed_outputs(served: tuple[OpenAI, FakeEngin
         stream.until_done()
     assert second.text == ANSWER and second.events[0] == "thread.run.step.completed"
     assert stream.current_run is not None and stream.current_run.status == "completed"
+
+
+def test_additional_instructions_last_the_whole_run(served: tuple[OpenAI, FakeEngine, str]) -> None:
+    client, engine, _ = served
+    assistant = client.beta.assistants.create(model=CHAT_MODEL, tools=[WEATHER], instructions="Base.")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "call get_weather"}])
+    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id,
+                                                   additional_instructions="Use Celsius.", poll_interval_ms=20)
+    assert turns(engine)[0] == ("system", "Base.\n\nUse Celsius.")
+    [call] = run.required_action.submit_tool_outputs.tool_calls  # type: ignore[union-attr]
+    client.beta.threads.runs.submit_tool_outputs_and_poll(
+        run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": call.id, "output": "21"}], poll_interval_ms=20)
+    assert turns(engine)[0] == ("system", "Base.\n\nUse Celsius.")  # the continuation is given them too
+
+
+def test_an_empty_answer_is_still_a_message() -> None:
+    app, _ = build_fake_app(engine_config=FakeEngineConfig(output_tokens=0))
+    with serve_in_thread(app) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assistant = client.beta.assistants.create(model=CHAT_MODEL)
+        run = client.beta.threads.create_and_run_poll(
+            assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "x"}]}, poll_interval_ms=20)
+        assert run.status == "completed"
+        answer = client.beta.threads.messages.list(run.thread_id).data[0]
+        assert answer.role == "assistant" and answer.content[0].text.value == ""  # type: ignore[union-attr]
 
 
 def test_cancel_stops_the_generation() -> None:
@@ -378,6 +411,19 @@ def test_unknown_ids_and_deleted_assistants_are_404(served: tuple[OpenAI, FakeEn
     with pytest.raises(openai.BadRequestError, match="not a tool of the run"):
         client.beta.threads.runs.create(thread_id=thread.id, assistant_id=embedder.id, model=CHAT_MODEL,
                                         tool_choice={"type": "function", "function": {"name": "nope"}})
+    # A refused create-thread-and-run stores no thread.
+    before = asyncio.run(_count("thread"))
+    with pytest.raises(openai.BadRequestError):
+        client.beta.threads.create_and_run(assistant_id=embedder.id, thread={"messages": [{"role": "user", "content": "x"}]})
+    assert asyncio.run(_count("thread")) == before
+
+
+async def _count(kind: Any) -> int:
+    store = SqlAssistantsStore(SqlStateStore(IngressSettings().state.database_url()))
+    try:
+        return len((await store.list_objects(kind, "", Cursor(limit=1_000_000))).items)
+    finally:
+        await store.base.close()
 
 
 def test_each_key_sees_only_its_own_objects() -> None:

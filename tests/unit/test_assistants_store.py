@@ -86,11 +86,19 @@ async def test_run_updates_stop_at_a_cancel(assistants: SqlAssistantsStore) -> N
     assert cancelling is not None and cancelling.status == "cancelling"
     assert not await assistants.heartbeat_run("alice", "run_1", "w1")  # the runner learns of it here
     assert not await assistants.update_run(run("run_1", "completed"))
-    await assistants.put_run(run("run_1", "cancelled"))  # the runner's last word
+    assert await assistants.update_run(run("run_1", "cancelled"), honour_cancel=False)  # the runner's last word
     assert (await assistants.get_run("alice", "thread_1", "run_1")).status == "cancelled"  # type: ignore[union-attr]
+    # A run that ended is never written again: not by a late runner, not by a cancel.
+    assert not await assistants.update_run(run("run_1", "completed"), honour_cancel=False)
+    assert (await assistants.request_run_cancel("alice", "thread_1", "run_1")).status == "cancelled"  # type: ignore[union-attr]
+    assert not await assistants.update_run(run("run_gone", "completed"), honour_cancel=False)  # nor brought back
+    assert await assistants.get_run("alice", "thread_1", "run_gone") is None
     await assistants.put_run(run("run_2", "requires_action"))
+    await assistants.put_object("step", "alice", {"id": "step_2", "status": "in_progress"}, thread_id="thread_1",
+                                run_id="run_2")
     cancelled = await assistants.request_run_cancel("alice", "thread_1", "run_2")
     assert cancelled is not None and cancelled.status == "cancelled" and cancelled.body["required_action"] is None
+    assert (await assistants.get_object("step", "alice", "step_2"))["status"] == "cancelled"  # type: ignore[index]
     assert await assistants.request_run_cancel("bob", "thread_1", "run_2") is None
 
 
@@ -102,7 +110,12 @@ async def test_stale_runs_fail_and_waiting_ones_expire(assistants: SqlAssistants
     waiting.body["expires_at"] = int(now) - 1
     await assistants.put_run(waiting)
     await assistants.put_run(run("run_orphaned_cancel", "cancelling", heartbeat_at=now - 100))
+    await assistants.put_object("message", "alice", {"id": "msg_open", "status": "in_progress"}, thread_id="thread_1",
+                                run_id="run_dead")
     assert await assistants.close_stale_runs(now - 30, now, STALE_RUN_ERROR) == 3
+    message = await assistants.get_object("message", "alice", "msg_open")
+    assert message is not None and message["status"] == "incomplete"
+    assert message["incomplete_details"] == {"reason": "run_failed"}
     states = {rid: (await assistants.get_run("alice", "thread_1", rid)).body for rid in  # type: ignore[union-attr]
               ("run_dead", "run_alive", "run_waiting", "run_orphaned_cancel")}
     assert states["run_dead"]["status"] == "failed" and states["run_dead"]["last_error"] == STALE_RUN_ERROR
@@ -121,3 +134,12 @@ async def test_the_sweep_keeps_both_stores_tidy(assistants: SqlAssistantsStore) 
     assert await assistants.get_object("assistant", "alice", "asst_old") is None
     assert await assistants.get_object("assistant", "alice", "asst_new") is not None
     assert (await assistants.get_run("alice", "thread_1", "run_dead")).status == "failed"  # type: ignore[union-attr]
+
+
+async def test_metadata_changes_touch_nothing_else(assistants: SqlAssistantsStore) -> None:
+    await assistants.put_run(run("run_1"))
+    runner_view = run("run_1", "completed")
+    assert await assistants.update_run(runner_view)
+    changed = await assistants.set_run_metadata("alice", "thread_1", "run_1", {"k": "v"})
+    assert changed is not None and changed.status == "completed" and changed.body["metadata"] == {"k": "v"}
+    assert await assistants.set_run_metadata("bob", "thread_1", "run_1", {"k": "w"}) is None

@@ -49,9 +49,18 @@ def check_tools(tools: list[wire.ToolWire] | None, param: str = "tools") -> list
     return out
 
 
+def _has_ids(value: Any) -> bool:
+    """Whether ``value`` names any file or vector store (empty lists, as clients send, do not)."""
+    if isinstance(value, dict):
+        return any(_has_ids(v) for v in value.values())
+    if isinstance(value, list):
+        return any(not isinstance(v, (dict, list)) or _has_ids(v) for v in value)
+    return value is not None and value is not False and value != ""
+
+
 def check_no_files(value: Any, param: str) -> None:
     """File ids (tool resources, attachments) need a Files API this server does not have."""
-    if value:
+    if _has_ids(value):
         raise Unsupported("File ids are not supported on this server (no Files API).", param=param)
 
 
@@ -258,20 +267,29 @@ def _response_format(value: Any) -> ResponseFormat:
     return ResponseFormat()
 
 
-def run_request(run: Json, messages: list[Json], transcript: list[Json], model: str, request_id: str,
-                additional_instructions: str | None = None) -> GenerationRequest:
+ADDITIONAL_INSTRUCTIONS = "instructions"  # the transcript entry holding a run's additional_instructions
+
+
+def additional_instructions_entry(text: str | None) -> list[Json]:
+    """The run's ``additional_instructions`` as kept in its transcript (every continuation of the
+    run, on any replica, is given them again)."""
+    return [{"role": ADDITIONAL_INSTRUCTIONS, "content": text}] if text else []
+
+
+def run_request(run: Json, messages: list[Json], transcript: list[Json], model: str, request_id: str) -> GenerationRequest:
     """The chat the model sees for ``run``: instructions, the thread's messages (oldest first, cut
     by ``truncation_strategy``), then the run's own tool calls and outputs."""
     truncation = run.get("truncation_strategy") or {}
     if truncation.get("type") == "last_messages" and truncation.get("last_messages"):
         messages = messages[-int(truncation["last_messages"]):]
-    instructions = "\n\n".join(p for p in (run.get("instructions"), additional_instructions) if p)
+    extra = [e["content"] for e in transcript if e["role"] == ADDITIONAL_INSTRUCTIONS]
+    instructions = "\n\n".join(p for p in (run.get("instructions"), *extra) if p)
     chat = [ChatMessage(role="system", content=instructions)] if instructions else []
     chat += [_message_to_internal(m) for m in messages]
-    chat += [_transcript_to_internal(entry) for entry in transcript]
+    chat += [_transcript_to_internal(e) for e in transcript if e["role"] != ADDITIONAL_INSTRUCTIONS]
     choice = run.get("tool_choice") or "auto"
     tool_choice = choice["function"]["name"] if isinstance(choice, dict) else choice
-    if transcript and tool_choice != "none":
+    if any(e["role"] == "tool" for e in transcript) and tool_choice != "none":
         tool_choice = "auto"  # a forced call is made once; with its output back the model may answer
     tools = [ToolSpec(name=t["function"]["name"], description=t["function"].get("description"),
                       parameters=t["function"].get("parameters")) for t in run.get("tools") or []]

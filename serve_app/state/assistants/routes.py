@@ -6,6 +6,7 @@ assistants=v2`` is accepted (and not required).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -75,21 +76,33 @@ class AssistantsAccess:
             await self.store.put_object("message", owner, message, thread_id=thread_id)
         return stored
 
-    async def new_thread(self, owner: str, body: wire.ThreadCreate | None, settings: StateSettings) -> Json:
+    @staticmethod
+    def thread_and_messages(body: wire.ThreadCreate | None, settings: StateSettings) -> tuple[Json, list[Json]]:
+        """A new thread and its first messages, checked (nothing stored yet)."""
         body = body or wire.ThreadCreate()
         objects.check_no_files(body.tool_resources, "tool_resources")
         thread = objects.thread_object(body.metadata)
         messages = [objects.message_object(m, thread["id"], f"messages[{i}].content")
                     for i, m in enumerate(body.messages or [])]
         check_stored_size(messages, settings, "The messages", "messages")
+        return thread, messages
+
+    async def save_thread(self, owner: str, thread: Json, messages: list[Json]) -> None:
         await self.store.put_object("thread", owner, thread)
         for message in messages:
             await self.store.put_object("message", owner, message, thread_id=thread["id"])
+
+    async def new_thread(self, owner: str, body: wire.ThreadCreate | None, settings: StateSettings) -> Json:
+        thread, messages = self.thread_and_messages(body, settings)
+        await self.save_thread(owner, thread, messages)
         return thread
 
 
-def build_assistants_router(gateway: Gateway, store: AssistantsStore, settings: StateSettings) -> APIRouter:
-    """Assistants, threads and messages over ``store``."""
+def build_assistants_router(
+    gateway: Gateway, store: AssistantsStore, settings: StateSettings, cancel_local: Callable[[str], None]
+) -> APIRouter:
+    """Assistants, threads and messages over ``store``; ``cancel_local`` stops a run this replica
+    runs (a deleted thread's)."""
     router = APIRouter(prefix="/v1", tags=["assistants"])
     access = AssistantsAccess(store)
 
@@ -118,7 +131,9 @@ def build_assistants_router(gateway: Gateway, store: AssistantsStore, settings: 
     async def modify_assistant(assistant_id: str, body: wire.AssistantUpdate, request: Request) -> dict[str, Any]:
         """Change an assistant's fields (those sent)."""
         owner = owner_of(request)
-        if body.model is not None:
+        if "model" in body.model_fields_set:
+            if body.model is None:
+                raise InvalidRequest("'model' cannot be null.", param="model")
             gateway.card(body.model)
         assistant = objects.updated_assistant(await access.assistant(owner, assistant_id), body)
         check_stored_size(assistant, settings, "The assistant", None)
@@ -157,8 +172,15 @@ def build_assistants_router(gateway: Gateway, store: AssistantsStore, settings: 
 
     @router.delete("/threads/{thread_id}")
     async def delete_thread(thread_id: str, request: Request) -> dict[str, Any]:
-        """Delete a thread with its messages, runs and run steps."""
-        if not await store.delete_object("thread", owner_of(request), thread_id):
+        """Delete a thread with its messages, runs and run steps (an active run is cancelled
+        first, so that nothing writes into the thread after it is gone)."""
+        owner = owner_of(request)
+        latest = await store.list_runs(owner, thread_id, Cursor(limit=1, order="desc"))
+        for run in latest.items:
+            if run["status"] in ACTIVE_RUN_STATUSES:
+                await store.request_run_cancel(owner, thread_id, run["id"])
+                cancel_local(run["id"])
+        if not await store.delete_object("thread", owner, thread_id):
             raise not_found("thread", thread_id, "thread_id")
         return objects.deleted(thread_id, "thread")
 

@@ -33,8 +33,10 @@ def _frames(events: list[Event]) -> bytes:
     return b"".join(sse_event_frame(name, data) for name, data in events)
 
 
-async def _event_stream(opening: list[Event], events: AsyncIterator[list[Event]], request_id: str) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed run: its events, then ``done`` (a failure of the store in-band)."""
+async def _event_stream(opening: list[Event], executor: RunExecutor, job: RunJob, request_id: str) -> AsyncIterator[bytes]:
+    """The SSE body of a streamed run: its events, then ``done`` (a failure of the store in-band).
+    A client gone before the run started leaves it cancelled, not queued."""
+    events = executor.events(job)
     try:
         yield _frames(opening)
         async for batch in events:
@@ -44,6 +46,8 @@ async def _event_stream(opening: list[Event], events: AsyncIterator[list[Event]]
         yield sse_event_frame("error", openai_error_body(as_engine_error(exc), request_id))
     finally:
         await events.aclose()  # type: ignore[attr-defined]
+        if job.run.status == "queued":
+            await executor.abandon(job)
 
 
 def build_runs_router(
@@ -63,7 +67,7 @@ def build_runs_router(
             last = run.heartbeat_at or run.created_at
             expired = run.status == "requires_action" and (run.body.get("expires_at") or now) < now
             if expired or (run.status != "requires_action" and now - last > settings.stale_after_s):
-                await store.close_stale_runs(now - settings.stale_after_s, now, STALE_RUN_ERROR)
+                await store.close_stale_runs(now - settings.stale_after_s, now, STALE_RUN_ERROR, run_id=run_id)
                 run = await store.get_run(owner, thread_id, run_id) or run
         return run
 
@@ -77,19 +81,21 @@ def build_runs_router(
         return lambda tokens: limiter.settle(limits, None, tokens)
 
     async def start(request: Request, run: StoredRun, stream: bool | None, opening: list[Event],
-                    unhonoured: list[str], additional_instructions: str | None = None) -> Response:
+                    unhonoured: list[str]) -> Response:
         """Hand the queued run to the executor: streamed in this request, or in the background."""
         request_id = request_id_of(request.scope) or ""
         headers = unsupported_headers(unhonoured, request_id)
-        job = RunJob(owner=run.owner, run=run, request_id=request_id, additional_instructions=additional_instructions)
+        job = RunJob(owner=run.owner, run=run, request_id=request_id)
         if stream:
-            body = _event_stream(opening, executor.events(job), request_id)
+            body = _event_stream(opening, executor, job, request_id)
             return streaming_response(body, SSE_MEDIA_TYPE, headers)
         job.charge = charger(request)
         executor.submit(job)
         return JSONResponse(run.body, headers=headers)
 
-    async def queued_run(owner: str, body: wire._RunFields, thread_id: str) -> tuple[StoredRun, list[str]]:
+    async def queued_run(owner: str, body: wire._RunFields, thread_id: str,
+                         additional_instructions: str | None = None) -> tuple[StoredRun, list[str]]:
+        """The new run, checked against its model before anything is stored."""
         assistant = await access.assistant(owner, body.assistant_id)
         run_body = objects.run_object(body, assistant, thread_id)
         card = gateway.card(run_body["model"])
@@ -97,6 +103,7 @@ def build_runs_router(
         gateway.check_generation_supported(card, objects.run_request(run_body, [], [], card.name, ""))
         unhonoured = [name for name in wire.UNHONOURED_RUN_FIELDS if getattr(body, name, None) is not None]
         run = StoredRun(id=run_body["id"], owner=owner, thread_id=thread_id, status="queued", body=run_body,
+                        transcript=objects.additional_instructions_entry(additional_instructions),
                         worker=executor.worker, heartbeat_at=time.time())
         return run, unhonoured
 
@@ -106,20 +113,20 @@ def build_runs_router(
         owner = owner_of(request)
         await access.thread(owner, thread_id)
         await access.refuse_if_busy(owner, thread_id)
-        run, unhonoured = await queued_run(owner, body, thread_id)
+        run, unhonoured = await queued_run(owner, body, thread_id, body.additional_instructions)
         await access.add_messages(owner, thread_id, body.additional_messages or [], settings, "additional_messages")
         await store.put_run(run)
         opening = [("thread.run.created", run.body), ("thread.run.queued", run.body)]
-        return await start(request, run, body.stream, opening, unhonoured, body.additional_instructions)
+        return await start(request, run, body.stream, opening, unhonoured)
 
     @router.post("/threads/runs")
     async def create_thread_and_run(body: wire.ThreadAndRunCreate, request: Request) -> Response:
         """A new thread and a run on it, in one call."""
         owner = owner_of(request)
         objects.check_no_files(body.tool_resources, "tool_resources")
-        await access.assistant(owner, body.assistant_id)
-        thread = await access.new_thread(owner, body.thread, settings)
-        run, unhonoured = await queued_run(owner, body, thread["id"])
+        thread, messages = access.thread_and_messages(body.thread, settings)
+        run, unhonoured = await queued_run(owner, body, thread["id"])  # refused before anything is stored
+        await access.save_thread(owner, thread, messages)
         await store.put_run(run)
         opening = [("thread.created", thread), ("thread.run.created", run.body), ("thread.run.queued", run.body)]
         return await start(request, run, body.stream, opening, unhonoured)
@@ -140,10 +147,11 @@ def build_runs_router(
     async def modify_run(thread_id: str, run_id: str, body: wire.MetadataUpdate, request: Request) -> dict[str, Any]:
         """Change a run's metadata."""
         owner = owner_of(request)
-        run = await load_run(owner, thread_id, run_id)
-        run.body = {**run.body, "metadata": body.metadata or {}}
-        await store.put_run(run)
-        return run.body
+        await load_run(owner, thread_id, run_id)
+        changed = await store.set_run_metadata(owner, thread_id, run_id, body.metadata or {})
+        if changed is None:
+            raise not_found("run", run_id, "run_id")
+        return changed.body
 
     @router.post("/threads/{thread_id}/runs/{run_id}/cancel")
     async def cancel_run(thread_id: str, run_id: str, request: Request) -> dict[str, Any]:
@@ -171,18 +179,20 @@ def build_runs_router(
             raise InvalidRequest(
                 f"Expected tool outputs for call ids {sorted(wanted)}, got {sorted(given)}.", param="tool_outputs"
             )
+        run.transcript = [*run.transcript, *objects.tool_outputs_transcript(body.tool_outputs)]
+        run.status = "queued"
+        run.body = {**run.body, "status": "queued", "required_action": None}
+        run.worker, run.heartbeat_at = executor.worker, time.time()
+        # Only the first of two submissions sent together goes on (and never a run that expired
+        # or was cancelled meanwhile).
+        if not await store.update_run(run, expect=("requires_action",)):
+            raise InvalidRequest("The run no longer waits for tool outputs.", param="run_id")
         steps = await store.list_objects("step", owner, Cursor(limit=1, order="desc"), thread_id=thread_id, run_id=run_id)
         opening: list[Event] = []
         if steps.items and steps.items[0]["type"] == "tool_calls":
             step = objects.step_tool_calls_with_outputs(steps.items[0], body.tool_outputs)
             await store.put_object("step", owner, step, thread_id=thread_id, run_id=run_id)
             opening.append(("thread.run.step.completed", step))
-        run.transcript = [*run.transcript, *objects.tool_outputs_transcript(body.tool_outputs)]
-        run.status = "queued"
-        run.body = {**run.body, "status": "queued", "required_action": None}
-        run.worker, run.heartbeat_at = executor.worker, time.time()
-        if not await store.update_run(run):
-            raise InvalidRequest("The run was cancelled.", param="run_id")
         opening.append(("thread.run.queued", run.body))
         return await start(request, run, body.stream, opening, [])
 

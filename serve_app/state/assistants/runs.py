@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +43,6 @@ class RunJob:
     owner: str
     run: StoredRun
     request_id: str
-    additional_instructions: str | None = None
     # Background runs charge their tokens to the key's limits themselves (a streamed run's
     # request is charged by the edge, like any request).
     charge: Callable[[int], Awaitable[None]] | None = None
@@ -85,7 +85,8 @@ class RunExecutor:
         self.settings = settings
         self.worker = worker or worker_name()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._closing: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Future[Any]] = set()
+        self._shutting_down = False
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -107,6 +108,8 @@ class RunExecutor:
             task.cancel()
 
     async def close(self) -> None:
+        """Stop this replica's runs; their rows are closed by the sweep (``failed``)."""
+        self._shutting_down = True
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), *self._closing, return_exceptions=True)
@@ -125,10 +128,13 @@ class RunExecutor:
                 yield [("thread.run.in_progress", run.body)]
                 failure = None
                 try:
-                    async for batch in self._generate(job, progress):
-                        yield batch
+                    async with contextlib.aclosing(self._generate(job, progress)) as batches:
+                        async for batch in batches:
+                            yield batch
                 except ServingError as error:
                     failure = error
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
                 except Exception as exc:  # noqa: BLE001 - recorded as the run's last_error
                     logger.exception("run %s failed", run.id, exc_info=exc)
                     failure = ServingError(f"generation failed: {type(exc).__name__}")
@@ -141,14 +147,27 @@ class RunExecutor:
             # Stored: the run has ended whether or not the client reads the last events.
             ended = True
             yield final
-        finally:
-            if not ended:
-                # Cancelled here (this replica's cancel, the client gone): record it even so.
-                closing = asyncio.ensure_future(self._end_cancelled(job, progress))
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(closing)
+        except (asyncio.CancelledError, GeneratorExit):
+            # This replica's cancel, or the client of a streamed run gone: the run is cancelled.
+            # At shutdown it is left to the sweep, which closes it as failed.
+            if not ended and not self._shutting_down:
+                await self._shielded(self._end_cancelled(job, progress))
+            raise
+
+    async def abandon(self, job: RunJob) -> None:
+        """A streamed run whose client left before it started: cancelled, not left queued."""
+        run = job.run
+        body = {**run.body, "status": "cancelled", "cancelled_at": objects.now_s()}
+        cancelled = dataclasses.replace(run, status="cancelled", body=body)
+        await self._shielded(self.store.update_run(cancelled, expect=("queued",), honour_cancel=False))
+
+    async def _shielded(self, work: Awaitable[Any]) -> None:
+        """Finish ``work`` even while this task is being cancelled (a run's last write)."""
+        task = asyncio.ensure_future(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(task)
 
     async def _generate(self, job: RunJob, progress: _Progress) -> AsyncIterator[list[Event]]:
         run = job.run
@@ -157,7 +176,7 @@ class RunExecutor:
         )
         card = self.gateway.card(run.body["model"])
         internal = objects.run_request(run.body, list(reversed(page.items)), run.transcript, card.name,
-                                       job.request_id, job.additional_instructions)
+                                       job.request_id)
         self.gateway.check_generation_supported(card, internal)
         stream = self.gateway.start_generation(internal)
         pending = asyncio.ensure_future(anext(stream))
@@ -247,7 +266,9 @@ class RunExecutor:
                 {**c, "function": {**c["function"], "output": None}} for c in calls
             ])
             await self.store.put_object("step", run.owner, step, thread_id=run.thread_id, run_id=run.id)
-            events += [("thread.run.step.created", step), ("thread.run.step.in_progress", step),
+            # The calls arrive in the delta (the SDK adds deltas to the step it was created with).
+            opened = {**step, "step_details": {"type": "tool_calls", "tool_calls": []}}
+            events += [("thread.run.step.created", opened), ("thread.run.step.in_progress", opened),
                        ("thread.run.step.delta", objects.tool_step_delta_event(step["id"], calls))]
             run.transcript = [*run.transcript, {"role": "assistant", "tool_calls": calls}]
             required = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": calls}}
@@ -255,7 +276,9 @@ class RunExecutor:
                 return events + await self._end_cancelled(job, progress)
             return [*events, ("thread.run.requires_action", run.body)]
         cut = progress.finish == "length"
-        events = await self._close_message(run, progress, "incomplete" if cut else "completed")
+        # Even an empty answer is a message: clients read the run's last message.
+        events = await self._open_message(run, progress) if progress.message is None else []
+        events += await self._close_message(run, progress, "incomplete" if cut else "completed")
         if cut:
             reason = "max_completion_tokens" if run.body.get("max_completion_tokens") else "max_prompt_tokens"
             ok = await self._set_status(run, "incomplete", incomplete_details={"reason": reason})
@@ -281,7 +304,8 @@ class RunExecutor:
         run.status = "cancelled"
         run.body = {**run.body, "status": "cancelled", "cancelled_at": objects.now_s(), "required_action": None}
         run.heartbeat_at = time.time()
-        await self.store.put_run(run)  # whatever the flag says: this is the run's last word
+        # Whatever the cancel flag says (this is the cancel), but never over a run that ended.
+        await self.store.update_run(run, honour_cancel=False)
         return [*events, ("thread.run.cancelled", run.body)]
 
     async def _set_status(self, run: StoredRun, status: str, **fields: Any) -> bool:

@@ -116,19 +116,15 @@ class SqlAssistantsStore:
 
     async def put_run(self, run: StoredRun) -> None:
         async with await self.base.begin() as conn:
-            changed = await conn.execute(
-                update(runs).where(and_(runs.c.id == run.id, runs.c.owner == run.owner)).values(**_run_values(run))
-            )
-            if changed.rowcount == 0:
-                await conn.execute(insert(runs).values(**_run_values(run)))
+            await conn.execute(insert(runs).values(**_run_values(run)))
 
-    async def update_run(self, run: StoredRun) -> bool:
+    async def update_run(self, run: StoredRun, *, expect: tuple[str, ...] = ACTIVE_RUN_STATUSES,
+                         honour_cancel: bool = True) -> bool:
+        where = and_(runs.c.id == run.id, runs.c.owner == run.owner, runs.c.status.in_(expect))
+        if honour_cancel:
+            where = and_(where, runs.c.cancel_requested.is_(False))
         async with await self.base.begin() as conn:
-            changed = await conn.execute(
-                update(runs)
-                .where(and_(runs.c.id == run.id, runs.c.owner == run.owner, runs.c.cancel_requested.is_(False)))
-                .values(**_run_values(run))
-            )
+            changed = await conn.execute(update(runs).where(where).values(**_run_values(run)))
         return changed.rowcount > 0
 
     async def get_run(self, owner: str, thread_id: str, run_id: str) -> StoredRun | None:
@@ -142,6 +138,23 @@ class SqlAssistantsStore:
         async with await self.base.begin() as conn:
             return await _page(conn, runs, and_(runs.c.owner == owner, runs.c.thread_id == thread_id), cursor)
 
+    async def set_run_metadata(self, owner: str, thread_id: str, run_id: str, metadata: dict[str, str]) -> StoredRun | None:
+        for _ in range(5):  # compare-and-set on the status, so a concurrent write is never undone
+            run = await self.get_run(owner, thread_id, run_id)
+            if run is None:
+                return None
+            run.body = {**run.body, "metadata": metadata}
+            async with await self.base.begin() as conn:
+                changed = await conn.execute(
+                    update(runs).where(and_(runs.c.id == run_id, runs.c.status == run.status,
+                                            runs.c.heartbeat_at.is_(None) if run.heartbeat_at is None
+                                            else runs.c.heartbeat_at == run.heartbeat_at))
+                    .values(body=run.body)
+                )
+            if changed.rowcount:
+                return run
+        return await self.get_run(owner, thread_id, run_id)
+
     async def heartbeat_run(self, owner: str, run_id: str, worker: str) -> bool:
         async with await self.base.begin() as conn:
             changed = await conn.execute(
@@ -153,44 +166,72 @@ class SqlAssistantsStore:
         return changed.rowcount > 0
 
     async def request_run_cancel(self, owner: str, thread_id: str, run_id: str) -> StoredRun | None:
-        async with await self.base.begin() as conn:
-            row = (await conn.execute(select(runs).where(
-                and_(runs.c.id == run_id, runs.c.owner == owner, runs.c.thread_id == thread_id)
-            ))).first()
-            if row is None:
-                return None
-            run = _run_of(row)
-            if run.status not in ACTIVE_RUN_STATUSES:
+        for _ in range(5):
+            run = await self.get_run(owner, thread_id, run_id)
+            if run is None or run.status not in ACTIVE_RUN_STATUSES:
                 return run
             # Nothing runs a run that waits for tool outputs: it is cancelled at once.
             status = "cancelled" if run.status == "requires_action" else "cancelling"
+            seen = run.status
             run.status, run.cancel_requested = status, True
             run.body = {**run.body, "status": status, "required_action": None,
                         "cancelled_at": int(time.time()) if status == "cancelled" else None}
-            await conn.execute(update(runs).where(runs.c.id == run_id).values(**_run_values(run)))
-        return run
+            async with await self.base.begin() as conn:
+                changed = await conn.execute(
+                    update(runs).where(and_(runs.c.id == run_id, runs.c.status == seen)).values(**_run_values(run))
+                )
+                if changed.rowcount and status == "cancelled":
+                    await self._close_open_objects(conn, run, "cancelled")
+            if changed.rowcount:
+                return run
+        return await self.get_run(owner, thread_id, run_id)
 
-    async def close_stale_runs(self, older_than: float, now: float, error: Json) -> int:
+    @staticmethod
+    async def _close_open_objects(conn: AsyncConnection, run: StoredRun, outcome: str) -> None:
+        """A run closed by anyone but its runner (cancel while waiting, expiry, a dead replica):
+        its steps and messages still in progress end with it."""
+        now = int(time.time())
+        rows = (await conn.execute(select(objects.c.seq, objects.c.kind, objects.c.body).where(
+            and_(objects.c.run_id == run.id, objects.c.owner == run.owner)
+        ))).all()
+        for row in rows:
+            if row.body.get("status") != "in_progress":
+                continue
+            if row.kind == "step":
+                body = {**row.body, "status": outcome, f"{outcome}_at": now}
+            else:
+                body = {**row.body, "status": "incomplete", "incomplete_at": now,
+                        "incomplete_details": {"reason": f"run_{outcome}"}}
+            await conn.execute(update(objects).where(objects.c.seq == row.seq).values(body=body))
+
+    async def close_stale_runs(self, older_than: float, now: float, error: Json, *, run_id: str | None = None) -> int:
         closed = 0
         async with await self.base.begin() as conn:
-            rows = (await conn.execute(select(runs).where(runs.c.status.in_(ACTIVE_RUN_STATUSES)))).all()
-            for row in rows:
+            query = select(runs).where(runs.c.status.in_(ACTIVE_RUN_STATUSES))
+            if run_id is not None:
+                query = query.where(runs.c.id == run_id)
+            for row in (await conn.execute(query)).all():
                 run = _run_of(row)
                 expires_at = run.body.get("expires_at")
+                last = run.heartbeat_at or run.created_at
                 if run.status == "requires_action" and expires_at is not None and expires_at < now:
-                    update_body = {"status": "expired", "required_action": None, "expired_at": int(now)}
-                elif run.status == "cancelling" and (run.heartbeat_at or run.created_at) < older_than:
-                    update_body = {"status": "cancelled", "cancelled_at": int(now)}
-                elif run.status in ("queued", "in_progress") and (run.heartbeat_at or run.created_at) < older_than:
-                    update_body = {"status": "failed", "failed_at": int(now), "last_error": error}
+                    changes: Json = {"status": "expired", "required_action": None, "expired_at": int(now)}
+                elif run.status == "cancelling" and last < older_than:
+                    changes = {"status": "cancelled", "cancelled_at": int(now)}
+                elif run.status in ("queued", "in_progress") and last < older_than:
+                    changes = {"status": "failed", "failed_at": int(now), "last_error": error}
                 else:
                     continue
-                await conn.execute(
-                    update(runs)
-                    .where(and_(runs.c.id == run.id, runs.c.status == run.status))
-                    .values(status=update_body["status"], body={**run.body, **update_body})
+                # Only if nothing moved meanwhile (a heartbeat, the runner's own last write).
+                same = runs.c.heartbeat_at.is_(None) if run.heartbeat_at is None else runs.c.heartbeat_at == run.heartbeat_at
+                changed = await conn.execute(
+                    update(runs).where(and_(runs.c.id == run.id, runs.c.status == run.status, same))
+                    .values(status=changes["status"], body={**run.body, **changes})
                 )
-                closed += 1
+                if changed.rowcount:
+                    run.status = changes["status"]
+                    await self._close_open_objects(conn, run, {"failed": "failed"}.get(run.status, run.status))
+                    closed += 1
         return closed
 
     async def purge_older_than(self, cutoff: float) -> int:

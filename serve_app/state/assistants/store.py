@@ -67,11 +67,18 @@ class AssistantsStore(Protocol):
         ...
 
     async def put_run(self, run: StoredRun) -> None:
-        """Insert or replace a run."""
+        """Insert a new run."""
         ...
 
-    async def update_run(self, run: StoredRun) -> bool:
-        """Write a run's progress unless it was cancelled meanwhile; False if it was."""
+    async def update_run(self, run: StoredRun, *, expect: tuple[str, ...] = ACTIVE_RUN_STATUSES,
+                         honour_cancel: bool = True) -> bool:
+        """Write a run's progress if its stored status is one of ``expect`` (and, with
+        ``honour_cancel``, no cancel was asked for meanwhile); False otherwise. A run that ended
+        (or is gone) is never written again."""
+        ...
+
+    async def set_run_metadata(self, owner: str, thread_id: str, run_id: str, metadata: dict[str, str]) -> StoredRun | None:
+        """Change only the run's metadata, whatever its runner writes meanwhile."""
         ...
 
     async def get_run(self, owner: str, thread_id: str, run_id: str) -> StoredRun | None:
@@ -88,8 +95,9 @@ class AssistantsStore(Protocol):
         """Mark an active run cancelled (``cancelling`` while a replica still runs it)."""
         ...
 
-    async def close_stale_runs(self, older_than: float, now: float, error: Json) -> int:
-        """Fail runs whose replica stopped heartbeating; expire those past ``expires_at``."""
+    async def close_stale_runs(self, older_than: float, now: float, error: Json, *, run_id: str | None = None) -> int:
+        """Fail runs whose replica stopped heartbeating, expire those past ``expires_at`` (only
+        ``run_id`` if given); their open steps and messages end with them."""
         ...
 
     async def purge_older_than(self, cutoff: float) -> int:
