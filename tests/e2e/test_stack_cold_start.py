@@ -59,4 +59,5 @@ def test_a_scaled_to_zero_model_loads_on_its_first_request_and_unloads_when_idle
     ps = httpx.get(f"{cold}/api/ps").json()["models"]
     assert [m["name"] for m in ps] == [CHAT]
     wait_for(lambda: running_replicas(deployment, app=APP) == 0, timeout_s=120, what="the model unloaded when idle")
-    assert httpx.get(f"{cold}/api/ps").json()["models"] == []
+    # The ingress reads Serve's status through a short cache: /api/ps follows within a moment.
+    wait_for(lambda: httpx.get(f"{cold}/api/ps").json()["models"] == [], timeout_s=30, what="/api/ps empty")

