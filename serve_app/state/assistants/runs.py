@@ -58,6 +58,7 @@ class _Progress:
     usage: Usage | None = None
     message: Json | None = None  # the assistant message, once the first text came
     step: Json | None = None  # its message_creation step
+    cancelled: bool = False  # a heartbeat found the run cancelled (or closed) elsewhere
 
 
 def _error_code(error: ServingError) -> str:
@@ -140,7 +141,7 @@ class RunExecutor:
                     failure = ServingError(f"generation failed: {type(exc).__name__}")
                 if failure is not None:
                     final = await self._end_failed(job, progress, failure)
-                elif progress.finish == "cancelled":
+                elif progress.cancelled:
                     final = await self._end_cancelled(job, progress)
                 else:
                     final = await self._end_generation(job, progress)
@@ -187,7 +188,7 @@ class RunExecutor:
                 if time.monotonic() - last_beat >= self.settings.heartbeat_s:
                     last_beat = time.monotonic()
                     if not await self.store.heartbeat_run(job.owner, run.id, self.worker):
-                        progress.finish = "cancelled"  # cancelled (or closed) through another replica
+                        progress.cancelled = True  # cancelled (or closed) through another replica
                         return
                 if not done:
                     continue

@@ -37,11 +37,10 @@ def _run_values(run: StoredRun) -> dict[str, Any]:
     }
 
 
-async def _page(conn: AsyncConnection, table: Table, where: ColumnElement[bool], cursor: Cursor,
-                column: str = "body") -> Page:
+async def _page(conn: AsyncConnection, table: Table, where: ColumnElement[bool], cursor: Cursor) -> Page:
     """One cursor page of ``table`` rows matching ``where``, in list order (``seq``)."""
     descending = cursor.order == "desc"
-    query = select(table.c.seq, table.c[column]).where(where)
+    query = select(table.c.seq, table.c.body).where(where)
     for anchor, later in ((cursor.after, True), (cursor.before, False)):
         if anchor is None:
             continue
