@@ -6,6 +6,7 @@ isolates what Ray Serve adds (our ingress in-process versus through the graph).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 from deployments.engines.base import Engine
@@ -17,6 +18,8 @@ from serve_app.core.internal_types import (
     GenerationRequest,
     ModelStatus,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class LocalBackend:
@@ -32,6 +35,7 @@ class LocalBackend:
             try:
                 await engine.start()
             except Exception as exc:  # noqa: BLE001 - any start failure marks the model failed
+                logger.error("model %s failed to start: %s", name, exc)
                 self._failed[name] = str(exc)
 
     def _engine(self, model: str) -> Engine:
@@ -39,7 +43,7 @@ class LocalBackend:
         if engine is None:
             raise ModelNotFound(model)
         if model in self._failed:
-            raise ModelUnavailable(f"model '{model}' failed to start: {self._failed[model]}")
+            raise ModelUnavailable(f"model '{model}' failed to start; the reason is in the server log")
         return engine
 
     async def list_models(self) -> list[ModelStatus]:

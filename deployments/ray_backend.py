@@ -51,6 +51,12 @@ def _state_of(deployment_status: Any, on_demand: bool = False) -> tuple[ModelSta
     return "starting", 0, message
 
 
+# One embedding call across the handle hop carries at most this many inputs, and a reply of
+# about this many bytes (see RayBackend._embedding_batch).
+EMBED_BATCH_MAX_INPUTS = 256
+EMBED_REPLY_BUDGET_BYTES = 1024 * 1024
+
+
 class RayBackend:
     """Generations and embeddings through one cached handle per model."""
 
@@ -201,8 +207,31 @@ class RayBackend:
             self._gates[model].note_finished(keep_alive_s)
         return result
 
+    def _embedding_batch(self, request: EmbeddingRequest) -> int:
+        """How many inputs one call across the handle hop may carry.
+
+        Serve's throughput-optimised mode carries replies over gRPC with a 4 MiB message limit:
+        2,048 vectors of 384 floats (7 MB pickled) fail there. Each batch's reply stays near
+        1 MiB (about 9 bytes per pickled float).
+        """
+        card = self._cards.get(request.model)
+        dims = request.dimensions or (card.embedding_dimensions if card else None) or 4096
+        return max(1, min(EMBED_BATCH_MAX_INPUTS, EMBED_REPLY_BUDGET_BYTES // (dims * 9 + 64)))
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        return await self._request(request.model, request.keep_alive_s, "embed", request)  # type: ignore[no-any-return]
+        """The request's vectors, fetched in batches each small enough for one handle reply
+        (one after another, so one request never takes more than one slot of the model)."""
+        size = self._embedding_batch(request)
+        if len(request.inputs) <= size:
+            return await self._request(request.model, request.keep_alive_s, "embed", request)  # type: ignore[no-any-return]
+        vectors: list[list[float]] = []
+        tokens = 0
+        for start in range(0, len(request.inputs), size):
+            part = request.model_copy(update={"inputs": request.inputs[start : start + size]})
+            result: EmbeddingResult = await self._request(request.model, request.keep_alive_s, "embed", part)
+            vectors.extend(result.vectors)
+            tokens += result.prompt_tokens
+        return EmbeddingResult(vectors=vectors, prompt_tokens=tokens)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The model's replica renders the prompt (a cold on-demand model loads for it, as for

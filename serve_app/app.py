@@ -43,6 +43,7 @@ from serve_app.edge.middleware import (
     render_error,
     request_id_of,
 )
+from serve_app.openapi_document import install_truthful_openapi
 from serve_app.settings import IngressSettings
 from serve_app.state.assistants.routes import build_assistants_router
 from serve_app.state.assistants.run_routes import build_runs_router
@@ -68,6 +69,9 @@ def error_response(request: Request, error: ServingError) -> JSONResponse:
     if ctx is not None:
         ctx.record_error(error)
     status, body = render_error(request.url.path, error, request_id)
+    if status >= 500:
+        # The client reads a request id and, for internal failures, no detail: it is here.
+        logger.warning("request %s answered %d: %s", request_id, status, error.message)
     return JSONResponse(body, status_code=status, headers=error_headers(error, request_id))
 
 
@@ -195,6 +199,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
+    install_truthful_openapi(app)
     app.state.gateway = gateway
     app.state.store = state_store
     app.state.metrics = metrics

@@ -268,10 +268,19 @@ class VLLMEngine(_LazyStart):
         )
 
     async def _prepare(self, request: GenerationRequest) -> Prepared:
+        """Render and tokenize the request; anything that fails here is the request's fault
+        (its text, template or parameters) and is refused before the engine sees it."""
         target = self._target()
-        if request.kind == "chat":
-            return await prepare_chat(request, target, self._limit(request))
-        return await prepare_completion(request, target, self._limit(request))
+        limit = self._limit(request)
+        param = "messages" if request.kind == "chat" else "prompt"
+        try:
+            if request.kind == "chat":
+                return await prepare_chat(request, target, limit)
+            return await prepare_completion(request, target, limit)
+        except ServingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - vLLM's own exceptions become ours
+            raise translate_vllm_error(exc, limit=limit, wanted=request.sampling.max_tokens or 0, param=param) from exc
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The chat's prompt tokens under the model's chat template, as ``generate`` renders it."""
@@ -280,7 +289,13 @@ class VLLMEngine(_LazyStart):
         await self.check_health()
         if request.kind != "chat":
             raise InvalidRequest("token counts are for chat requests", param="messages")
-        return await count_chat_tokens(request, self._target(), self._limit(request))
+        limit = self._limit(request)
+        try:
+            return await count_chat_tokens(request, self._target(), limit)
+        except ServingError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise translate_vllm_error(exc, limit=limit, wanted=0, param="messages") from exc
 
     # -- generation -------------------------------------------------------------------------
 

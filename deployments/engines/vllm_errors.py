@@ -5,6 +5,8 @@ vLLM is imported inside the functions only, never at module import.
 
 from __future__ import annotations
 
+import logging
+
 from serve_app.core.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -12,6 +14,8 @@ from serve_app.core.errors import (
     ModelUnavailable,
     ServingError,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def context_error(limit: int, prompt_tokens: int, wanted: int, param: str, *, at_least: bool = False) -> ContextLengthExceeded:
@@ -22,6 +26,14 @@ def context_error(limit: int, prompt_tokens: int, wanted: int, param: str, *, at
         "the completion). Please reduce the length of the messages or completion.",
         param=param,
     )
+
+
+def _is_unencodable_text(exc: BaseException) -> bool:
+    """Whether ``exc`` is the tokenizer's (or UTF-8 codec's) refusal of a lone surrogate."""
+    if isinstance(exc, UnicodeEncodeError):
+        return True
+    # The Rust tokenizer raises a TypeError naming its input type for a str it cannot take.
+    return isinstance(exc, TypeError) and "TextEncodeInput" in str(exc)
 
 
 def translate_vllm_error(exc: BaseException, *, limit: int, wanted: int, param: str) -> ServingError:
@@ -51,4 +63,15 @@ def translate_vllm_error(exc: BaseException, *, limit: int, wanted: int, param: 
     if isinstance(exc, EngineDeadError):
         return EngineError(f"the vLLM engine is dead: {exc}")
     cause = exc.__cause__ or exc
+    if _is_unencodable_text(cause):
+        # The edge refuses such text in request bodies; this catches text made from them
+        # (tool arguments parsed from JSON strings, templates), and says the same.
+        return InvalidRequest(
+            "The request holds text that is not valid Unicode (a lone UTF-16 surrogate) and "
+            "cannot be tokenized.",
+            param=param,
+            code="invalid_text",
+        )
+    # The detail is for this replica's log; clients read a fixed message and the request id.
+    logger.error("vLLM failed: %s: %s", type(cause).__name__, cause, exc_info=exc)
     return EngineError(f"vLLM failed: {type(cause).__name__}: {cause}")

@@ -6,6 +6,10 @@ renderers in :mod:`serve_app.transport.error_rendering` turn it into either API'
 
 from __future__ import annotations
 
+# What a client reads for a failure inside the server: its detail (exception names, paths,
+# tracebacks) is for the log, found there by the request id the body carries.
+INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request."
+
 
 class ServingError(Exception):
     """Base of every error rendered to clients."""
@@ -13,6 +17,8 @@ class ServingError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    # Whether ``message`` was written for clients; an internal failure's is only logged.
+    client_safe: bool = True
 
     def __init__(
         self,
@@ -31,6 +37,12 @@ class ServingError(Exception):
         if status is not None:
             self.status = status
         self.headers: dict[str, str] = dict(headers or {})
+
+    def client_message(self) -> str:
+        """The message a client is shown: ours for errors we raise on purpose, a fixed one for
+        internal failures (a bare 5xx :class:`ServingError` or an :class:`EngineError`)."""
+        internal = not self.client_safe or (type(self) is ServingError and self.status >= 500)
+        return INTERNAL_ERROR_MESSAGE if internal else self.message
 
     def __reduce__(self) -> tuple[object, ...]:
         # Errors cross the Ray handle hop pickled; keep status, code, param and headers.
@@ -111,11 +123,12 @@ class Overloaded(RateLimited):
 
 
 class EngineError(ServingError):
-    """The engine failed while generating."""
+    """The engine failed while generating; the message is for the log only."""
 
     status = 500
     type = "server_error"
     code = "engine_error"
+    client_safe = False
 
 
 class ModelUnavailable(ServingError):

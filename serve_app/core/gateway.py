@@ -146,7 +146,8 @@ class Gateway:
             if status.card.name != model:
                 continue
             if status.state == "failed":
-                raise ModelUnavailable(f"model '{model}' failed to start: {status.message or 'unknown error'}")
+                # The reason (paths, exceptions) is in the replica's log, not for clients.
+                raise ModelUnavailable(f"model '{model}' failed to start; the reason is in the server log")
             if status.state == "starting" and not status.on_demand:
                 raise ModelUnavailable(f"model '{model}' is starting", headers={"retry-after": "10"})
             return

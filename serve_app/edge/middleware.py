@@ -1,4 +1,4 @@
-"""The ASGI edge in front of every route: request id, body-size limit, API keys and key limits.
+"""The ASGI edge in front of every route: request id, body-size limit, text check, API keys and key limits.
 
 A pure ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: the latter buffers
 and re-wraps streaming responses, which costs per chunk and hides client disconnects.
@@ -23,6 +23,7 @@ from serve_app.core.errors import AuthenticationFailed, PayloadTooLarge, RateLim
 from serve_app.core.internal_types import new_request_id
 from serve_app.core.observation import reset_observer, set_observer
 from serve_app.edge.accounting import Accounting
+from serve_app.edge.body_text import unencodable_text_error
 from serve_app.edge.keys import ApiKey
 from serve_app.edge.limits import retry_after_headers
 from serve_app.edge.request_context import RequestContext
@@ -216,15 +217,23 @@ class EdgeMiddleware:
             receive = _replay(buffered, receive)
 
         received = 0
+        parts: list[bytes] = []
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                part = message.get("body", b"")
+                received += len(part)
                 if received > self.max_body_bytes:
                     # Raised inside the route, where the app's ServingError handler renders it.
                     raise self._too_large()
+                parts.append(part)
+                if not message.get("more_body", False):
+                    problem = unencodable_text_error(part if len(parts) == 1 else b"".join(parts))
+                    parts.clear()
+                    if problem is not None:
+                        raise problem
             return message
 
         if ctx is None:

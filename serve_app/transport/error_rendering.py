@@ -11,7 +11,8 @@ OLLAMA_CONTEXT_MESSAGE = "the input length exceeds the context length"
 
 
 def _message_with_request_id(error: ServingError, request_id: str | None) -> str:
-    return f"{error.message} (request id: {request_id})" if request_id else error.message
+    message = error.client_message()
+    return f"{message} (request id: {request_id})" if request_id else message
 
 
 def openai_error_body(error: ServingError, request_id: str | None = None) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def anthropic_error_body(error: ServingError, request_id: str | None = None) -> 
     """Anthropic's envelope: ``{"type": "error", "error": {"type", "message"}, "request_id"}``."""
     status = anthropic_status(error)
     kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return {"type": "error", "error": {"type": kind, "message": error.message}, "request_id": request_id}
+    return {"type": "error", "error": {"type": kind, "message": error.client_message()}, "request_id": request_id}
 
 
 def error_headers(error: ServingError, request_id: str | None = None) -> dict[str, str]:

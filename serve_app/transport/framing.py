@@ -7,6 +7,12 @@ from typing import Any
 
 SSE_MEDIA_TYPE = "text/event-stream"
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
+
+# What a route that may stream says of its 200 in the OpenAPI document (beside its JSON body).
+SSE_RESPONSE_DOC = {200: {"description": "JSON, or an event stream when `stream` is true.",
+                          "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}}}
+NDJSON_RESPONSE_DOC = {200: {"description": "JSON, or JSON lines when `stream` is true (the default).",
+                             "content": {NDJSON_MEDIA_TYPE: {"schema": {"type": "string"}}}}}
 SSE_DONE = b"data: [DONE]\n\n"
 
 

@@ -27,7 +27,7 @@ def as_engine_error(exc: Exception) -> ServingError:
     if isinstance(exc, ServingError):
         return exc
     logger.exception("generation failed", exc_info=exc)
-    return EngineError(f"generation failed: {type(exc).__name__}")
+    return EngineError("generation failed")
 
 
 async def stream_frames(
@@ -53,7 +53,10 @@ async def stream_frames(
             closing = await closing
         yield b"".join(closing)
     except Exception as exc:  # noqa: BLE001 - every failure after the first byte goes in-band
-        yield render_error(as_engine_error(exc))
+        error = as_engine_error(exc)
+        if error.status >= 500:
+            logger.warning("stream ended by a server error: %s", error.message)
+        yield render_error(error)
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
 

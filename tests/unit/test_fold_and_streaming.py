@@ -72,7 +72,8 @@ def test_as_engine_error() -> None:
     ours = InvalidRequest("x")
     assert as_engine_error(ours) is ours
     theirs = as_engine_error(RuntimeError("secret detail"))
-    assert isinstance(theirs, EngineError) and theirs.message == "generation failed: RuntimeError"
+    assert isinstance(theirs, EngineError) and theirs.message == "generation failed"
+    assert "RuntimeError" not in theirs.client_message() and "secret" not in theirs.client_message()
 
 
 async def test_merge_streams_interleaves_and_fails_fast() -> None:

@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from serve_app.core.errors import (
+    INTERNAL_ERROR_MESSAGE,
     AuthenticationFailed,
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -72,13 +73,17 @@ ERRORS = [
 @pytest.mark.parametrize(("error", "status", "type_", "code", "param"), ERRORS, ids=lambda v: type(v).__name__)
 def test_error_hierarchy_and_renderers(error: ServingError, status: int, type_: str, code: str | None, param: str | None) -> None:
     assert error.status == status
-    assert openai_error_body(error) == {"error": {"message": error.message, "type": type_, "param": param, "code": code}}
+    # Internal failures show a fixed message (their detail is logged), ours show their own.
+    internal = isinstance(error, EngineError) or (type(error) is ServingError and status >= 500)
+    shown = INTERNAL_ERROR_MESSAGE if internal else error.message
+    assert error.client_message() == shown
+    assert openai_error_body(error) == {"error": {"message": shown, "type": type_, "param": param, "code": code}}
     # Ollama's words lead a context error, as its runners answer it.
     lead = "the input length exceeds the context length " if isinstance(error, ContextLengthExceeded) else ""
     wrap = (lambda text: f"{lead}({text})") if lead else (lambda text: text)
-    assert ollama_error_body(error) == {"error": wrap(error.message)}
-    assert openai_error_body(error, "rid1")["error"]["message"] == f"{error.message} (request id: rid1)"
-    assert ollama_error_body(error, "rid1") == {"error": wrap(f"{error.message} (request id: rid1)")}
+    assert ollama_error_body(error) == {"error": wrap(shown)}
+    assert openai_error_body(error, "rid1")["error"]["message"] == f"{shown} (request id: rid1)"
+    assert ollama_error_body(error, "rid1") == {"error": wrap(f"{shown} (request id: rid1)")}
     # Errors cross the Ray handle hop pickled: everything survives.
     clone = pickle.loads(pickle.dumps(error))
     assert type(clone) is type(error)

@@ -18,7 +18,7 @@ from serve_app.edge.middleware import context_of, request_id_of
 from serve_app.edge.request_context import timing_headers
 from serve_app.transport.disconnect import unless_disconnected
 from serve_app.transport.error_rendering import anthropic_error_body
-from serve_app.transport.framing import SSE_MEDIA_TYPE, sse_event_frame
+from serve_app.transport.framing import SSE_MEDIA_TYPE, SSE_RESPONSE_DOC, sse_event_frame
 from serve_app.transport.streaming import stream_frames, streaming_response
 from serve_app.transport.unsupported import unsupported_headers
 
@@ -31,7 +31,7 @@ def build_anthropic_router(gateway: Gateway) -> APIRouter:
     """The ``/v1/messages`` routes over ``gateway``."""
     router = APIRouter(prefix="/v1", tags=["anthropic"])
 
-    @router.post("/messages")
+    @router.post("/messages", responses=SSE_RESPONSE_DOC)
     async def create_message(body: wire.MessagesRequest, request: Request) -> Response:
         """A message, streamed as Anthropic's SSE events when ``stream`` is true."""
         request_id = request_id_of(request.scope) or ""

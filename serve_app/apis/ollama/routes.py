@@ -18,7 +18,7 @@ from serve_app.core.streams import collect
 from serve_app.edge.middleware import request_id_of
 from serve_app.transport.disconnect import unless_disconnected
 from serve_app.transport.error_rendering import ollama_error_body
-from serve_app.transport.framing import NDJSON_MEDIA_TYPE, ndjson_line
+from serve_app.transport.framing import NDJSON_MEDIA_TYPE, NDJSON_RESPONSE_DOC, ndjson_line
 from serve_app.transport.streaming import stream_frames, streaming_response
 from serve_app.transport.unsupported import unsupported_headers
 
@@ -110,7 +110,7 @@ def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
         await gateway.load(card.name, keep_alive_s)
         return JSONResponse(adapter.load_reply(body.model, is_chat, unload=keep_alive_s == 0))
 
-    @router.post("/generate")
+    @router.post("/generate", responses=NDJSON_RESPONSE_DOC)
     async def generate(body: wire.GenerateRequest, request: Request) -> Response:
         """Completion of ``prompt``; streamed as NDJSON unless ``stream`` is false."""
         if not body.prompt and not body.images and not body.suffix:
@@ -120,7 +120,7 @@ def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
         gateway.check_generation_supported(card, internal)
         return await respond(request, body, internal, unhonoured, is_chat=False)
 
-    @router.post("/chat")
+    @router.post("/chat", responses=NDJSON_RESPONSE_DOC)
     async def chat(body: wire.ChatRequest, request: Request) -> Response:
         """Chat; streamed as NDJSON unless ``stream`` is false."""
         if not body.messages:
@@ -200,7 +200,10 @@ def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
         for method in methods:
             # One route per method, so each OpenAPI operation has its own operationId.
             name = refusal.__name__ if len(methods) == 1 else f"{refusal.__name__}_{method.lower()}"
-            router.add_api_route(path, refusal, methods=[method], name=name)
+            router.add_api_route(
+                path, refusal, methods=[method], name=name,
+                responses={403: {"description": "Always: models are managed in config.yaml."}},
+            )
     return router
 
 

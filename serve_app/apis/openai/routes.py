@@ -19,7 +19,7 @@ from serve_app.edge.middleware import context_of, request_id_of
 from serve_app.edge.request_context import timing_headers
 from serve_app.transport.disconnect import unless_disconnected
 from serve_app.transport.error_rendering import openai_error_body
-from serve_app.transport.framing import SSE_DONE, SSE_MEDIA_TYPE, sse_frame
+from serve_app.transport.framing import SSE_DONE, SSE_MEDIA_TYPE, SSE_RESPONSE_DOC, sse_frame
 from serve_app.transport.streaming import stream_frames, streaming_response
 from serve_app.transport.unsupported import unsupported_headers
 
@@ -28,7 +28,7 @@ def build_openai_router(gateway: Gateway, *, max_n: int) -> APIRouter:
     """The ``/v1`` routes over ``gateway``; ``max_n`` is the largest accepted ``n``."""
     router = APIRouter(prefix="/v1", tags=["openai"])
 
-    @router.post("/chat/completions")
+    @router.post("/chat/completions", responses=SSE_RESPONSE_DOC)
     async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response:
         """Chat completion, streamed as SSE when ``stream`` is true."""
         request_id = request_id_of(request.scope)
@@ -57,7 +57,7 @@ def build_openai_router(gateway: Gateway, *, max_n: int) -> APIRouter:
         body_iter = stream_frames(first, stream, frame_batch, closing, render_error)
         return streaming_response(body_iter, SSE_MEDIA_TYPE, headers)
 
-    @router.post("/completions")
+    @router.post("/completions", responses=SSE_RESPONSE_DOC)
     async def completions(body: wire.CompletionRequest, request: Request) -> Response:
         """Legacy text completion; a list of prompts gives ``n`` choices per prompt."""
         request_id = request_id_of(request.scope)

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve_app.transport.schema_rules import NON_EMPTY_ARRAY, NON_NULL_OBJECT, TRUE, rules, when_then
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -199,7 +201,19 @@ UNHONOURED_CHAT_FIELDS = (
 )
 
 
+_STREAM_OPTIONS_NEED_STREAM = when_then("stream_options", NON_NULL_OBJECT, "stream", TRUE)
+
+
 class ChatCompletionRequest(_SamplingFields):
+    # The validator's rules below, for the document (a named tool_choice must also name one of
+    # `tools`, which JSON Schema cannot say).
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            _STREAM_OPTIONS_NEED_STREAM,
+            when_then("top_logprobs", {"type": "integer"}, "logprobs", TRUE),
+            when_then("tool_choice", {"anyOf": [{"const": "required"}, NON_NULL_OBJECT]}, "tools", NON_EMPTY_ARRAY),
+        )
+    )
     messages: list[ChatMessageWire] = Field(min_length=1)
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -251,6 +265,7 @@ UNHONOURED_COMPLETION_FIELDS = ("best_of",)
 
 
 class CompletionRequest(_SamplingFields):
+    model_config = ConfigDict(json_schema_extra=rules(_STREAM_OPTIONS_NEED_STREAM))
     prompt: PromptWire
     suffix: str | None = None
     echo: bool | None = False

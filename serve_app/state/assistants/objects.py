@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 from serve_app.apis.openai.adapter import image_from_url
 from serve_app.apis.openai.schemas import ResponseFormatJsonObject, ResponseFormatJsonSchema
 from serve_app.core.errors import InvalidRequest, Unsupported
@@ -60,6 +62,8 @@ def _has_ids(value: Any) -> bool:
 
 def check_no_files(value: Any, param: str) -> None:
     """File ids (tool resources, attachments) need a Files API this server does not have."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(exclude_none=True)
     if _has_ids(value):
         raise Unsupported("File ids are not supported on this server (no Files API).", param=param)
 

@@ -22,7 +22,7 @@ from serve_app.state.assistants.store import ACTIVE_RUN_STATUSES, FINAL_RUN_STAT
 from serve_app.state.config import StateSettings
 from serve_app.state.owner import owner_of
 from serve_app.transport.error_rendering import openai_error_body
-from serve_app.transport.framing import SSE_MEDIA_TYPE, sse_event_frame
+from serve_app.transport.framing import SSE_MEDIA_TYPE, SSE_RESPONSE_DOC, sse_event_frame
 from serve_app.transport.streaming import as_engine_error, streaming_response
 from serve_app.transport.unsupported import unsupported_headers
 
@@ -107,7 +107,7 @@ def build_runs_router(
                         worker=executor.worker, heartbeat_at=time.time())
         return run, unhonoured
 
-    @router.post("/threads/{thread_id}/runs")
+    @router.post("/threads/{thread_id}/runs", responses=SSE_RESPONSE_DOC)
     async def create_run(thread_id: str, body: wire.RunCreate, request: Request) -> Response:
         """Run an assistant on a thread (``stream``: its events as SSE)."""
         owner = owner_of(request)
@@ -119,7 +119,7 @@ def build_runs_router(
         opening = [("thread.run.created", run.body), ("thread.run.queued", run.body)]
         return await start(request, run, body.stream, opening, unhonoured)
 
-    @router.post("/threads/runs")
+    @router.post("/threads/runs", responses=SSE_RESPONSE_DOC)
     async def create_thread_and_run(body: wire.ThreadAndRunCreate, request: Request) -> Response:
         """A new thread and a run on it, in one call."""
         owner = owner_of(request)
@@ -164,7 +164,7 @@ def build_runs_router(
         executor.cancel_local(run_id)
         return cancelled.body
 
-    @router.post("/threads/{thread_id}/runs/{run_id}/submit_tool_outputs")
+    @router.post("/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", responses=SSE_RESPONSE_DOC)
     async def submit_tool_outputs(thread_id: str, run_id: str, body: wire.SubmitToolOutputs, request: Request) -> Response:
         """The outputs of the calls a run asked for; the run goes on (streamed or not)."""
         owner = owner_of(request)

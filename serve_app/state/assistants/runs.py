@@ -294,7 +294,7 @@ class RunExecutor:
         _add_usage(run.body, progress.usage)
         await self._charge(job, progress)
         events = await self._close_message(run, progress, "failed")
-        last_error = {"code": _error_code(error), "message": error.message}
+        last_error = {"code": _error_code(error), "message": error.client_message()}
         if not await self._set_status(run, "failed", failed_at=objects.now_s(), last_error=last_error):
             return events + await self._end_cancelled(job, progress)
         return [*events, ("thread.run.failed", run.body)]

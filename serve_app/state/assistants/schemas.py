@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from serve_app.apis.openai.schemas import FunctionDefinition, ResponseFormatWire
 from serve_app.state.responses.schemas import Metadata
@@ -24,8 +25,36 @@ class _Lenient(BaseModel):
 
 
 class ToolWire(_Lenient):
-    type: str = Field(min_length=1)
+    # Other tool types are refused with a clear 400 (only function tools run here), and a
+    # function tool needs its function: the document says what is served.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["type", "function"]})
+
+    type: Annotated[str, Field(min_length=1), WithJsonSchema({"type": "string", "const": "function"})]
     function: FunctionDefinition | None = None
+
+
+def _no_file_ids(value: list[Any]) -> list[Any]:
+    if value:
+        raise ValueError("File ids are not supported on this server (no Files API).")
+    return value
+
+
+# Lists of files or vector stores: accepted empty (as SDKs send them), refused otherwise.
+NoFileIds = Annotated[list[Any], AfterValidator(_no_file_ids), WithJsonSchema({"type": "array", "maxItems": 0})]
+
+
+class CodeInterpreterResources(_Wire):
+    file_ids: NoFileIds | None = None
+
+
+class FileSearchResources(_Wire):
+    vector_store_ids: NoFileIds | None = None
+    vector_stores: NoFileIds | None = None
+
+
+class ToolResources(_Wire):
+    code_interpreter: CodeInterpreterResources | None = None
+    file_search: FileSearchResources | None = None
 
 
 Tools = Annotated[list[ToolWire], Field(max_length=128)]
@@ -42,7 +71,7 @@ class AssistantFields(_Wire):
     description: Annotated[str, Field(max_length=512)] | None = None
     instructions: Annotated[str, Field(max_length=256_000)] | None = None
     tools: Tools | None = None
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
     metadata: Metadata | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -55,7 +84,8 @@ class AssistantCreate(AssistantFields):
 
 
 class AssistantUpdate(AssistantFields):
-    model: Annotated[str, Field(min_length=1)] | None = None
+    # May be left out, never null (refused with a 400), so the document has no null.
+    model: Annotated[str, Field(min_length=1)] | SkipJsonSchema[None] = None
 
 
 # -- threads and messages -------------------------------------------------------------------
@@ -81,13 +111,14 @@ class ImageFilePartWire(_Lenient):
     image_file: dict[str, Any]
 
 
-MessagePart = Annotated[TextPartWire | ImageUrlPartWire | ImageFilePartWire, Field(discriminator="type")]
+# Image files are refused with a clear 400 (no Files API), so they are not in the document.
+MessagePart = Annotated[TextPartWire | ImageUrlPartWire | SkipJsonSchema[ImageFilePartWire], Field(discriminator="type")]
 
 
 class MessageCreate(_Wire):
     role: Literal["user", "assistant"]
     content: str | Annotated[list[MessagePart], Field(min_length=1)]
-    attachments: list[dict[str, Any]] | None = None
+    attachments: NoFileIds | None = None
     metadata: Metadata | None = None
 
 
@@ -97,12 +128,12 @@ class MetadataUpdate(_Wire):
 
 class ThreadCreate(_Wire):
     messages: Annotated[list[MessageCreate], Field(max_length=32)] | None = None
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
     metadata: Metadata | None = None
 
 
 class ThreadUpdate(_Wire):
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
     metadata: Metadata | None = None
 
 
@@ -151,7 +182,7 @@ class RunCreate(_RunFields):
 
 class ThreadAndRunCreate(_RunFields):
     thread: ThreadCreate | None = None
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
 
 
 class ToolOutput(_Lenient):

@@ -182,9 +182,10 @@ class ResponseBuilder:
     def fail(self, error: ServingError) -> list[Json]:
         """An in-band ``error`` event (the SDK raises on it) and ``response.failed``."""
         events = self._close_open("incomplete")
-        self.response.update(status="failed", error={"code": error.code or "server_error", "message": error.message})
-        envelope = {"message": error.message, "type": error.type, "param": error.param, "code": error.code}
-        events.append(self._event("error", code=error.code, message=error.message, param=error.param,
+        message = error.client_message()
+        self.response.update(status="failed", error={"code": error.code or "server_error", "message": message})
+        envelope = {"message": message, "type": error.type, "param": error.param, "code": error.code}
+        events.append(self._event("error", code=error.code, message=message, param=error.param,
                                   error=envelope))
         events.append(self._event("response.failed", response=self._snapshot()))
         return events

@@ -23,7 +23,7 @@ from serve_app.state.responses.items import items_to_messages, normalize_input
 from serve_app.state.responses.turns import Turn, check_stored_size, history_items
 from serve_app.state.store import Json, StateStore, StoredResponse, new_id
 from serve_app.transport.disconnect import unless_disconnected
-from serve_app.transport.framing import SSE_MEDIA_TYPE, sse_event_frame
+from serve_app.transport.framing import SSE_MEDIA_TYPE, SSE_RESPONSE_DOC, sse_event_frame
 from serve_app.transport.streaming import stream_frames, streaming_response
 from serve_app.transport.unsupported import unsupported_headers
 
@@ -51,7 +51,7 @@ def build_responses_router(
             stored = await store.get_response(owner, response_id) or stored
         return stored
 
-    @router.post("/responses")
+    @router.post("/responses", responses=SSE_RESPONSE_DOC)
     async def create_response(body: wire.ResponseCreateRequest, request: Request) -> Response:
         """A model response; streamed as typed SSE events when ``stream`` is true."""
         owner = owner_of(request)

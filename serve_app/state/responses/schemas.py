@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from serve_app.transport.schema_rules import NON_EMPTY_ARRAY, not_both, rules, when_then, when_then_not
 
 
 class _Wire(BaseModel):
@@ -108,7 +111,8 @@ InputItem = Annotated[
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
-    | Annotated[ItemReference, Tag("item_reference")],
+    # Refused with a clear 400 (no item store to resolve it from), so not in the document.
+    | Annotated[SkipJsonSchema[ItemReference], Tag("item_reference")],
     Discriminator(_item_type),
 ]
 
@@ -194,6 +198,15 @@ UNHONOURED_FIELDS = (
 
 
 class ResponseCreateRequest(_Wire):
+    # The validator's rules below, for the document (a function tool_choice must also name
+    # one of `tools`, which JSON Schema cannot say).
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            not_both("previous_response_id", "conversation"),
+            when_then_not("background", {"const": True}, "store", {"const": False}),
+            when_then("tool_choice", {"const": "required"}, "tools", NON_EMPTY_ARRAY),
+        )
+    )
     model: str = Field(min_length=1)
     input: str | list[InputItem] = Field(default_factory=list)
     instructions: str | None = None

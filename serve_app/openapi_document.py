@@ -1,0 +1,103 @@
+"""The app's OpenAPI document, telling what the server really answers.
+
+FastAPI documents a 422 it never sends here (validation failures are 400s in each API's own
+error shape) and none of the statuses the edge and the backend produce. This rewrites every
+operation's responses once, when the document is first asked for: each error status the
+request can meet, with its API's error schema (OpenAI, Ollama or Anthropic by path), and
+``Retry-After`` where we send it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from serve_app.edge.middleware import OPEN_PATHS, api_of_path
+from serve_app.transport.error_schemas import AnthropicErrorBody, OllamaErrorBody, OpenAIErrorBody
+
+_ERROR_MODELS: dict[str, type[BaseModel]] = {
+    "openai": OpenAIErrorBody,
+    "ollama": OllamaErrorBody,
+    "anthropic": AnthropicErrorBody,
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
+_WITH_RETRY_AFTER = {429, 503, 529}
+
+# Every status the edge or the backend may answer an operation with, and why.
+_COMMON = {
+    400: "The request is invalid (a field, the JSON itself, or text that is not valid Unicode).",
+    401: "The API key is missing or wrong (when keys are configured).",
+    404: "No such model, object or route, or the key may not use it.",
+    413: "The body is larger than the server's limit.",
+    429: "A per-key limit or the model's queue is full; retry after Retry-After seconds.",
+    500: "The server failed; the body carries a request id and the detail is in the server log.",
+    503: "The model is starting or unavailable, or the state store is down; retry later.",
+}
+_GENERATING = {504: "Our generation deadline passed before the first byte (not retried by SDKs)."}
+_ANTHROPIC = {529: "The model's replicas and queue are full (Anthropic's overloaded_error)."}
+
+
+def _statuses(path: str, method: str) -> dict[int, str]:
+    """The error statuses an operation can answer (beyond those its route declares)."""
+    if path in OPEN_PATHS:
+        return {413: _COMMON[413]}
+    statuses = dict(_COMMON)
+    if method in ("post", "put", "patch"):
+        statuses.update(_GENERATING)
+    if api_of_path(path) == "anthropic":
+        statuses.update(_ANTHROPIC)
+    return statuses
+
+
+def _error_response(description: str, status: int, schema_ref: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": schema_ref}}},
+    }
+    if status in _WITH_RETRY_AFTER:
+        response["headers"] = dict(_RETRY_AFTER)
+    return response
+
+
+def truthful_openapi(app: FastAPI) -> dict[str, Any]:
+    """Build the document of ``app`` with every operation's real error responses."""
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    refs: dict[str, str] = {}
+    for api, model in _ERROR_MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in schema.pop("$defs", {}).items():
+            components[name] = definition
+        title = str(schema.get("title", model.__name__))
+        components[title] = schema
+        refs[api] = f"#/components/schemas/{title}"
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path, operations in document.get("paths", {}).items():
+        ref = refs[api_of_path(path)]
+        for method, operation in operations.items():
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, description in _statuses(path, method).items():
+                responses.setdefault(str(status), _error_response(description, status, ref))
+            for status, response in responses.items():
+                # Statuses a route declares itself (a 403) get the error schema too.
+                if status.isdigit() and int(status) >= 400 and "content" not in response:
+                    response.update(_error_response(response.get("description", "Refused."), int(status), ref))
+    return document
+
+
+def install_truthful_openapi(app: FastAPI) -> None:
+    """Serve :func:`truthful_openapi` at ``/openapi.json`` (built once, on first request)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = truthful_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
