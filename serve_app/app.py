@@ -32,6 +32,7 @@ from serve_app.core.errors import (
 )
 from serve_app.core.gateway import Gateway
 from serve_app.core.internal_types import ModelCard
+from serve_app.core.version import SERVER_VERSION
 from serve_app.edge.accounting import Accounting
 from serve_app.edge.limits import InProcessLimiter, Limiter
 from serve_app.edge.metrics import CONTENT_TYPE, MetricsMirror, ServingMetrics
@@ -196,7 +197,7 @@ def create_app(
     app = FastAPI(
         title="LLM serving cluster",
         description="OpenAI-, Ollama- and Anthropic-compatible API in front of Ray Serve and vLLM.",
-        version="0.1.0",
+        version=SERVER_VERSION,
         lifespan=lifespan,
     )
     install_truthful_openapi(app)

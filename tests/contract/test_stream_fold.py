@@ -47,7 +47,7 @@ def fold_openai_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
                 call = {k: v for k, v in call.items() if k != "index"}
                 message.setdefault("tool_calls", []).append(call)
             if c["logprobs"]:
-                choice["logprobs"] = {"content": (choice["logprobs"] or {"content": []})["content"] + c["logprobs"]["content"]}
+                choice["logprobs"] = {"content": (choice["logprobs"] or {"content": []})["content"] + c["logprobs"]["content"], "refusal": c["logprobs"]["refusal"]}
             choice["finish_reason"] = c["finish_reason"] or choice["finish_reason"]
     for choice in choices.values():
         if "tool_calls" in choice["message"]:

@@ -223,7 +223,7 @@ LP_WIRE = {
     "token": "tok0 ", "logprob": -0.25, "bytes": [116, 111, 107, 48, 32],
     "top_logprobs": [{"token": "tok0 ", "logprob": -0.25, "bytes": [116]}, {"token": "alt ", "logprob": -1.75, "bytes": None}],
 }
-CHUNK_HEAD = {"id": "chatcmpl-*", "object": "chat.completion.chunk", "created": "*", "model": "gpt-4o-mini", "system_fingerprint": None}
+CHUNK_HEAD = {"id": "chatcmpl-*", "object": "chat.completion.chunk", "created": "*", "model": "gpt-4o-mini", "system_fingerprint": adapter.system_fingerprint("gpt-4o-mini")}
 
 
 def test_chat_chunks_golden() -> None:
@@ -237,7 +237,7 @@ def test_chat_chunks_golden() -> None:
     ]
     got = [masked(chunks.chunk(c)) for c in stream] + [masked(chunks.usage_chunk())]
     assert got == [
-        {**CHUNK_HEAD, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "tok0 "}, "logprobs": {"content": [LP_WIRE]}, "finish_reason": None}], "usage": None},
+        {**CHUNK_HEAD, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "tok0 "}, "logprobs": {"content": [LP_WIRE], "refusal": None}, "finish_reason": None}], "usage": None},
         {**CHUNK_HEAD, "choices": [{"index": 1, "delta": {"role": "assistant", "content": "", "reasoning_content": "think "}, "logprobs": None, "finish_reason": None}], "usage": None},
         {**CHUNK_HEAD, "choices": [{"index": 0, "delta": {"content": "tok1 "}, "logprobs": None, "finish_reason": None}], "usage": None},
         {**CHUNK_HEAD, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}], "usage": None},
@@ -262,10 +262,10 @@ def test_chat_completion_body_golden() -> None:
         usage=Usage(3, 2),
     )
     assert masked(adapter.chat_completion_body(result, "gpt-4o-mini")) == {
-        "id": "chatcmpl-*", "object": "chat.completion", "created": "*", "model": "gpt-4o-mini", "system_fingerprint": None,
+        "id": "chatcmpl-*", "object": "chat.completion", "created": "*", "model": "gpt-4o-mini", "system_fingerprint": adapter.system_fingerprint("gpt-4o-mini"),
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "tok0 ", "refusal": None, "reasoning_content": "r"},
-             "logprobs": {"content": [LP_WIRE]}, "finish_reason": "stop"},
+             "logprobs": {"content": [LP_WIRE], "refusal": None}, "finish_reason": "stop"},
             {"index": 1, "message": {"role": "assistant", "content": None, "refusal": None,
                                      "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
              "logprobs": None, "finish_reason": "tool_calls"},
@@ -274,7 +274,7 @@ def test_chat_completion_body_golden() -> None:
     }
 
 
-CMPL_HEAD = {"id": "cmpl-*", "object": "text_completion", "created": "*", "model": "m", "system_fingerprint": None}
+CMPL_HEAD = {"id": "cmpl-*", "object": "text_completion", "created": "*", "model": "m", "system_fingerprint": adapter.system_fingerprint("m")}
 
 
 def test_completion_chunks_golden() -> None:
@@ -289,10 +289,10 @@ def test_completion_chunks_golden() -> None:
         masked(chunks.usage_chunk()),
     ]
     assert got == [
-        {**CMPL_HEAD, "choices": [{"index": 0, "text": "ab t1", "logprobs": {"tokens": ["t1"], "token_logprobs": [-1.0], "top_logprobs": [{"t1": -1.0}], "text_offset": [3]}, "finish_reason": None}], "usage": None},
-        {**CMPL_HEAD, "choices": [{"index": 2, "text": "x", "logprobs": None, "finish_reason": None}], "usage": None},
-        {**CMPL_HEAD, "choices": [{"index": 0, "text": "t22", "logprobs": {"tokens": ["t22"], "token_logprobs": [-2.0], "top_logprobs": [{}], "text_offset": [5]}, "finish_reason": "stop"}], "usage": None},
-        {**CMPL_HEAD, "choices": [{"index": 2, "text": "", "logprobs": None, "finish_reason": "length"}], "usage": None},
+        {**CMPL_HEAD, "choices": [{"index": 0, "text": "ab t1", "logprobs": {"tokens": ["t1"], "token_logprobs": [-1.0], "top_logprobs": [{"t1": -1.0}], "text_offset": [3]}, "finish_reason": None}]},
+        {**CMPL_HEAD, "choices": [{"index": 2, "text": "x", "logprobs": None, "finish_reason": None}]},
+        {**CMPL_HEAD, "choices": [{"index": 0, "text": "t22", "logprobs": {"tokens": ["t22"], "token_logprobs": [-2.0], "top_logprobs": [{}], "text_offset": [5]}, "finish_reason": "stop"}]},
+        {**CMPL_HEAD, "choices": [{"index": 2, "text": "", "logprobs": None, "finish_reason": "length"}]},
         {**CMPL_HEAD, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 0}}},
     ]
 

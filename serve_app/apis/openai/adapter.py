@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import struct
 import time
@@ -31,6 +32,7 @@ from serve_app.core.internal_types import (
     Usage,
     new_request_id,
 )
+from serve_app.core.version import SERVER_VERSION
 
 _DATA_URL = re.compile(r"^data:(?P<media>image/[\w.+\-]+);base64,(?P<data>.*)$", re.DOTALL)
 
@@ -278,7 +280,7 @@ class ChatChunkAdapter:
         choice: dict[str, Any] = {
             "index": chunk.index,
             "delta": delta,
-            "logprobs": {"content": [_token_logprob(lp) for lp in chunk.logprobs]} if chunk.logprobs else None,
+            "logprobs": _chat_logprobs(chunk.logprobs),
             "finish_reason": chunk.finish_reason,
         }
         body: dict[str, Any] = {
@@ -286,7 +288,7 @@ class ChatChunkAdapter:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": None,
+            "system_fingerprint": system_fingerprint(self.model),
             "choices": [choice],
         }
         if self.include_usage:
@@ -300,10 +302,24 @@ class ChatChunkAdapter:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": None,
+            "system_fingerprint": system_fingerprint(self.model),
             "choices": [],
             "usage": usage_dict(Usage(self._prompt_tokens, self._completion_tokens, self._cached_tokens)),
         }
+
+
+def system_fingerprint(model: str) -> str:
+    """A stable fingerprint of the serving configuration (OpenAI's document says string, never
+    null): this server's version and the model, so clients can tell when either changed."""
+    digest = hashlib.sha256(f"{SERVER_VERSION}:{model}".encode()).hexdigest()
+    return f"fp_{digest[:10]}"
+
+
+def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: ``content`` and ``refusal`` (required by the document)."""
+    if not logprobs:
+        return None
+    return {"content": [_token_logprob(lp) for lp in logprobs], "refusal": None}
 
 
 def _chat_choice(choice: ChoiceResult) -> dict[str, Any]:
@@ -316,7 +332,7 @@ def _chat_choice(choice: ChoiceResult) -> dict[str, Any]:
     return {
         "index": choice.index,
         "message": message,
-        "logprobs": {"content": [_token_logprob(lp) for lp in choice.logprobs]} if choice.logprobs else None,
+        "logprobs": _chat_logprobs(choice.logprobs),
         "finish_reason": choice.finish_reason,
     }
 
@@ -328,7 +344,7 @@ def chat_completion_body(result: GenerationResult, model: str) -> dict[str, Any]
         "object": "chat.completion",
         "created": result.created,
         "model": model,
-        "system_fingerprint": None,
+        "system_fingerprint": system_fingerprint(model),
         "choices": [_chat_choice(c) for c in result.choices],
         "usage": usage_dict(result.usage),
     }
@@ -375,7 +391,7 @@ class CompletionChunkAdapter:
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": None,
+            "system_fingerprint": system_fingerprint(self.model),
             "choices": [
                 {
                     "index": chunk.index,
@@ -385,8 +401,8 @@ class CompletionChunkAdapter:
                 }
             ],
         }
-        if self.include_usage:
-            body["usage"] = None
+        # No "usage": null here (unlike chat chunks): the completion object's usage is not
+        # nullable in OpenAI's document; the usage chunk carries it.
         return body
 
     def usage_chunk(self) -> dict[str, Any]:
@@ -397,7 +413,7 @@ class CompletionChunkAdapter:
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": None,
+            "system_fingerprint": system_fingerprint(self.model),
             "choices": [],
             "usage": usage_dict(usage),
         }
@@ -428,7 +444,7 @@ def completion_body(
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "system_fingerprint": None,
+        "system_fingerprint": system_fingerprint(model),
         "choices": choices,
         "usage": usage_dict(Usage(prompt_tokens, completion_tokens, cached_tokens)),
     }

@@ -43,7 +43,9 @@ async def _event_stream(opening: list[Event], executor: RunExecutor, job: RunJob
             yield _frames(batch)
         yield SSE_DONE_EVENT
     except Exception as exc:  # noqa: BLE001 - after the first byte every failure goes in-band
-        yield sse_event_frame("error", openai_error_body(as_engine_error(exc), request_id))
+        # OpenAI's ErrorEvent: the data is the error object itself (the SDK yields it as an
+        # ErrorEvent), not the {"error": ...} envelope of HTTP error bodies.
+        yield sse_event_frame("error", openai_error_body(as_engine_error(exc), request_id)["error"])
     finally:
         await events.aclose()  # type: ignore[attr-defined]
         if job.run.status == "queued":

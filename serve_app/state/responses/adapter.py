@@ -92,9 +92,21 @@ def _tool_choice_echo(choice: Any) -> Any:
     return choice or "auto"
 
 
+def _tool_body(tool: Any) -> dict[str, Any]:
+    """A tool as the Response lists it; a function tool always says ``strict`` (null if unset)."""
+    dumped: dict[str, Any] = tool.model_dump(exclude_none=True)
+    if dumped.get("type") == "function":
+        dumped.setdefault("strict", None)
+    return dumped
+
+
 def response_skeleton(body: wire.ResponseCreateRequest, response_id: str, conversation_id: str | None) -> Json:
-    """The ``response`` object before any output: what the request asked for, echoed."""
-    return {
+    """The ``response`` object before any output: what the request asked for, echoed.
+
+    ``usage`` comes with the output and ``user`` only when sent: OpenAI's document has no null
+    for either, so they are left out rather than null.
+    """
+    skeleton: Json = {
         "id": response_id,
         "object": "response",
         "created_at": int(time.time()),
@@ -117,10 +129,11 @@ def response_skeleton(body: wire.ResponseCreateRequest, response_id: str, conver
         "temperature": body.temperature if body.temperature is not None else 1.0,
         "text": _text_echo(body.text),
         "tool_choice": _tool_choice_echo(body.tool_choice),
-        "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
+        "tools": [_tool_body(t) for t in body.tools or []],
         "top_p": body.top_p if body.top_p is not None else 1.0,
         "truncation": body.truncation or "disabled",
-        "usage": None,
-        "user": body.user,
         "metadata": body.metadata or {},
     }
+    if body.user is not None:
+        skeleton["user"] = body.user
+    return skeleton

@@ -15,12 +15,18 @@ from serve_app.core.errors import ServingError
 from serve_app.core.internal_types import GenerationChunk, ToolCallDelta, Usage
 from serve_app.state.store import Json, new_id
 
+# The codes OpenAI's document allows in a Response's ``error`` (those this server can meet).
+RESPONSE_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded", "invalid_prompt", "invalid_image",
+                                  "invalid_image_format", "invalid_base64_image", "invalid_image_url",
+                                  "image_too_large"})
+
 
 def usage_body(usage: Usage) -> Json:
     """The Responses ``usage`` object."""
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        # Cache writes are not reported by vLLM; the document requires the field.
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.total_tokens,
@@ -183,7 +189,9 @@ class ResponseBuilder:
         """An in-band ``error`` event (the SDK raises on it) and ``response.failed``."""
         events = self._close_open("incomplete")
         message = error.client_message()
-        self.response.update(status="failed", error={"code": error.code or "server_error", "message": message})
+        # The Response object's error codes are a fixed list: ours outside it are server_error.
+        code = error.code if error.code in RESPONSE_ERROR_CODES else "server_error"
+        self.response.update(status="failed", error={"code": code, "message": message})
         envelope = {"message": message, "type": error.type, "param": error.param, "code": error.code}
         events.append(self._event("error", code=error.code, message=message, param=error.param,
                                   error=envelope))

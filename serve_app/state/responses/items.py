@@ -22,7 +22,7 @@ def _part(part: Any, param: str) -> Json:
     if isinstance(part, wire.InputText):
         return {"type": "input_text", "text": part.text}
     if isinstance(part, wire.OutputText):
-        return {"type": "output_text", "text": part.text, "annotations": []}
+        return {"type": "output_text", "text": part.text, "annotations": [], "logprobs": []}
     if isinstance(part, wire.Refusal):
         return {"type": "refusal", "refusal": part.refusal}
     if isinstance(part, wire.InputImage):
@@ -37,7 +37,7 @@ def _part(part: Any, param: str) -> Json:
 def _parts(content: str | list[Any], role: str, param: str) -> list[Json]:
     if isinstance(content, str):
         kind = "output_text" if role == "assistant" else "input_text"
-        return [{"type": kind, "text": content, **({"annotations": []} if kind == "output_text" else {})}]
+        return [{"type": kind, "text": content, **({"annotations": [], "logprobs": []} if kind == "output_text" else {})}]
     return [_part(p, f"{param}[{j}]") for j, p in enumerate(content)]
 
 
