@@ -158,7 +158,7 @@ def create_app(
         backend,
         cards,
         request_deadline_s=settings.request_deadline_s,
-        max_embedding_inputs=settings.max_embedding_inputs,
+        limits=settings.limits,
     )
     keyring = settings.load_keyring(gateway.resolver.resolve)
     metrics = ServingMetrics(metrics_mirror)
@@ -200,7 +200,7 @@ def create_app(
         version=SERVER_VERSION,
         lifespan=lifespan,
     )
-    install_truthful_openapi(app)
+    install_truthful_openapi(app, settings.limits)
     app.state.gateway = gateway
     app.state.store = state_store
     app.state.metrics = metrics
@@ -227,7 +227,7 @@ def create_app(
             name=f"root_{method.lower()}",
         )
 
-    app.include_router(build_openai_router(gateway, max_n=settings.max_n))
+    app.include_router(build_openai_router(gateway))
     app.include_router(build_ollama_router(gateway, ollama_version=settings.ollama_version))
     app.include_router(build_anthropic_router(gateway))
     app.include_router(build_responses_router(gateway, state_store, settings.state, runner))

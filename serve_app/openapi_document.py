@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from serve_app.core.request_limits import RequestLimits
 from serve_app.edge.middleware import OPEN_PATHS, api_of_path
 from serve_app.transport.error_schemas import AnthropicErrorBody, OllamaErrorBody, OpenAIErrorBody
 
@@ -62,8 +63,51 @@ def _error_response(description: str, status: int, schema_ref: str) -> dict[str,
     return response
 
 
-def truthful_openapi(app: FastAPI) -> dict[str, Any]:
-    """Build the document of ``app`` with every operation's real error responses."""
+def _members(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alternatives of a property's schema (itself when it is not a union)."""
+    return list(schema.get("anyOf") or schema.get("oneOf") or [schema])
+
+
+def _cap(schema: dict[str, Any], keyword: str, value: int, kind: str, item_type: str | None = None) -> None:
+    """Set ``keyword`` to ``value`` on the members of ``schema`` of type ``kind`` (arrays of
+    ``item_type`` items when given)."""
+    for member in _members(schema):
+        if member.get("type") != kind:
+            continue
+        if item_type is not None and member.get("items", {}).get("type") != item_type:
+            continue
+        member[keyword] = value
+
+
+# Request schemas whose ``input`` is a list of embedding inputs.
+_EMBEDDING_REQUESTS = ("EmbeddingsRequest", "EmbedRequest")
+
+
+def _state_limits(components: dict[str, Any], limits: RequestLimits) -> None:
+    """Write the server's configured limits into the request schemas, so a schema-valid request
+    is one the server accepts (the limits are settings, checked by the gateway)."""
+    for name, schema in components.items():
+        properties = schema.get("properties", {})
+        if "n" in properties:
+            _cap(properties["n"], "maximum", limits.max_n, "integer")
+        if "top_logprobs" in properties:
+            _cap(properties["top_logprobs"], "maximum", limits.max_top_logprobs, "integer")
+        for stop in ("stop", "stop_sequences"):
+            if stop in properties:
+                _cap(properties[stop], "maxItems", limits.max_stop_sequences, "array")
+        if "images" in properties:
+            _cap(properties["images"], "maxItems", limits.max_images, "array")
+        if name in _EMBEDDING_REQUESTS and "input" in properties:
+            _cap(properties["input"], "maxItems", limits.max_embedding_inputs, "array", "string")
+            _cap(properties["input"], "maxItems", limits.max_embedding_inputs, "array", "array")
+        if name == "CompletionRequest" and "prompt" in properties:
+            _cap(properties["prompt"], "maxItems", limits.max_completion_prompts, "array", "string")
+            _cap(properties["prompt"], "maxItems", limits.max_completion_prompts, "array", "array")
+
+
+def truthful_openapi(app: FastAPI, limits: RequestLimits) -> dict[str, Any]:
+    """Build the document of ``app`` with every operation's real error responses and the
+    server's request limits."""
     document = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
@@ -78,6 +122,7 @@ def truthful_openapi(app: FastAPI) -> dict[str, Any]:
         refs[api] = f"#/components/schemas/{title}"
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    _state_limits(components, limits)
     for path, operations in document.get("paths", {}).items():
         ref = refs[api_of_path(path)]
         for method, operation in operations.items():
@@ -92,12 +137,12 @@ def truthful_openapi(app: FastAPI) -> dict[str, Any]:
     return document
 
 
-def install_truthful_openapi(app: FastAPI) -> None:
+def install_truthful_openapi(app: FastAPI, limits: RequestLimits) -> None:
     """Serve :func:`truthful_openapi` at ``/openapi.json`` (built once, on first request)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = truthful_openapi(app)
+            app.openapi_schema = truthful_openapi(app, limits)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serve_app.core.request_limits import RequestLimits
 from serve_app.edge.keys import ApiKey, ApiKeyConfig, build_keyring, load_keys_file
 from serve_app.state.config import StateSettings
 
@@ -58,9 +59,14 @@ class IngressSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS; empty turns CORS off."
     )
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
-    max_n: int = Field(default=8, ge=1, description="Largest accepted 'n' (choices per request).")
-    max_embedding_inputs: int = Field(default=2048, ge=1)
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="Largest request body (413 beyond, before any route)."
+    )
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits,
+        description="Per-request limits every API shares (n, stop sequences, top_logprobs, images, "
+        "text, embedding inputs, completion prompts): a 400 naming the field beyond them.",
+    )
     request_deadline_s: float = Field(
         default=600.0,
         gt=0,

@@ -23,6 +23,7 @@ from serve_app.core.internal_types import (
 )
 from serve_app.core.model_names import ModelResolver
 from serve_app.core.observation import current_observer
+from serve_app.core.request_limits import RequestLimits
 from serve_app.core.streams import collect, peek_first, with_deadline
 
 Batch = list[GenerationChunk]
@@ -37,11 +38,11 @@ class Gateway:
         cards: list[ModelCard],
         *,
         request_deadline_s: float,
-        max_embedding_inputs: int,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.backend = backend
         self.request_deadline_s = request_deadline_s
-        self.max_embedding_inputs = max_embedding_inputs
+        self.limits = limits or RequestLimits()
         self.cards = {card.name: card for card in cards}
         self.resolver = ModelResolver(cards)
 
@@ -114,6 +115,7 @@ class Gateway:
 
     def start_generation(self, request: GenerationRequest) -> AsyncIterator[Batch]:
         """The backend's stream under our generation deadline, observed for the request's metrics."""
+        self.limits.check_generation(request)
         request.submitted_at = time.time()
         stream = with_deadline(self.backend.generate(request), self.request_deadline_s)
         observer = current_observer()
@@ -123,6 +125,7 @@ class Gateway:
         """The prompt's tokens under the model's chat template, after the same checks as a
         generation (a request the model cannot serve is refused here too)."""
         self.check_generation_supported(card, request)
+        self.limits.check_generation(request)
         try:
             async with asyncio.timeout(self.request_deadline_s):
                 return await self.backend.count_tokens(request)
@@ -131,8 +134,7 @@ class Gateway:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed after checking the request against the model's card."""
-        if len(request.inputs) > self.max_embedding_inputs:
-            raise InvalidRequest(f"at most {self.max_embedding_inputs} inputs per request", param="input")
+        self.limits.check_embedding(request)
         result = await self.backend.embed(request)
         observer = current_observer()
         if observer is not None:

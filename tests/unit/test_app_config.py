@@ -37,7 +37,7 @@ def test_config_fake_yaml_is_valid_and_names_deployments() -> None:
         (lambda a: a["models"][0]["engine_args"].update(token_interval=1), "models.0.engine_args.token_interval"),
         (lambda a: a["models"][1].update(aliases=["gpt-4o-mini"]), "claimed by both"),
         (lambda a: a.update(modles=[]), "modles: Extra inputs are not permitted"),
-        (lambda a: a["ingress"]["settings"].update(max_n=0), "ingress.settings.max_n"),
+        (lambda a: a["ingress"]["settings"].update(limits={"max_n": 0}), "ingress.settings.limits.max_n"),
         (
             lambda a: a["models"][0]["deployment"]["autoscaling_config"].update(min_replicas=5),
             "min_replicas must not exceed max_replicas",

@@ -23,6 +23,7 @@ from serve_app.core.internal_types import (
     ToolCallDelta,
     Usage,
 )
+from serve_app.core.request_limits import RequestLimits
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
@@ -130,18 +131,18 @@ CHAT_CASES: list[tuple[str, dict[str, Any], dict[str, Any], list[str]]] = [
 @pytest.mark.parametrize(("name", "body", "expected", "unhonoured"), CHAT_CASES, ids=[c[0] for c in CHAT_CASES])
 def test_chat_request_to_internal(name: str, body: dict[str, Any], expected: dict[str, Any], unhonoured: list[str]) -> None:
     request, not_honoured = adapter.chat_request_to_internal(
-        wire.ChatCompletionRequest.model_validate(body), "smollm2:135m" if name == "minimal" else "m", "r1", 8
+        wire.ChatCompletionRequest.model_validate(body), "smollm2:135m" if name == "minimal" else "m", "r1"
     )
     dumped = request.model_dump()
     assert {k: dumped[k] for k in expected} == expected
     assert not_honoured == unhonoured
 
 
-def test_chat_request_n_over_server_limit() -> None:
-    body = wire.ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 9})
+def test_completion_prompt_batch_over_server_limit() -> None:
+    body = wire.CompletionRequest.model_validate({"model": "m", "prompt": ["a", "b", "c"]})
     with pytest.raises(InvalidRequest) as info:
-        adapter.chat_request_to_internal(body, "m", "r", 8)
-    assert info.value.param == "n"
+        adapter.completion_requests_to_internal(body, "m", "r", RequestLimits(max_completion_prompts=2))
+    assert info.value.param == "prompt"
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_logit_bias_keys_must_be_token_ids() -> None:
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"hello": 1}}
     )
     with pytest.raises(InvalidRequest) as info:
-        adapter.chat_request_to_internal(body, "m", "r", 8)
+        adapter.chat_request_to_internal(body, "m", "r")
     assert info.value.param == "logit_bias"
 
 
@@ -183,7 +184,7 @@ def test_logit_bias_keys_must_be_token_ids() -> None:
 )
 def test_completion_requests_to_internal(body: dict[str, Any], prompts: list[Any], ids: list[str], sampling: dict[str, Any]) -> None:
     requests, unhonoured = adapter.completion_requests_to_internal(
-        wire.CompletionRequest.model_validate({"model": "m", "suffix": "s", **body}), "m", "r", 8
+        wire.CompletionRequest.model_validate({"model": "m", "suffix": "s", **body}), "m", "r", RequestLimits()
     )
     assert [r.prompt for r in requests] == prompts
     assert [r.request_id for r in requests] == ids
@@ -194,16 +195,16 @@ def test_completion_requests_to_internal(body: dict[str, Any], prompts: list[Any
 
 def test_completion_best_of_is_reported_and_echo_needs_text() -> None:
     _, unhonoured = adapter.completion_requests_to_internal(
-        wire.CompletionRequest.model_validate({"model": "m", "prompt": "a", "best_of": 3}), "m", "r", 8
+        wire.CompletionRequest.model_validate({"model": "m", "prompt": "a", "best_of": 3}), "m", "r", RequestLimits()
     )
     assert unhonoured == ["best_of"]
     _, unhonoured = adapter.completion_requests_to_internal(
-        wire.CompletionRequest.model_validate({"model": "m", "prompt": "a", "best_of": 1}), "m", "r", 8
+        wire.CompletionRequest.model_validate({"model": "m", "prompt": "a", "best_of": 1}), "m", "r", RequestLimits()
     )
     assert unhonoured == []
     with pytest.raises(Unsupported) as info:
         adapter.completion_requests_to_internal(
-            wire.CompletionRequest.model_validate({"model": "m", "prompt": [1, 2], "echo": True}), "m", "r", 8
+            wire.CompletionRequest.model_validate({"model": "m", "prompt": [1, 2], "echo": True}), "m", "r", RequestLimits()
         )
     assert info.value.param == "echo"
 

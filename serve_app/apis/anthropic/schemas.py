@@ -193,7 +193,7 @@ class MessagesRequest(CountTokensRequest):
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
-    stop_sequences: Annotated[list[str], Field(max_length=16)] | None = None
+    stop_sequences: list[str] | None = None  # how many: RequestLimits.max_stop_sequences
     metadata: Metadata | None = None
     # Accepted for compatibility, not honoured.
     service_tier: str | None = None

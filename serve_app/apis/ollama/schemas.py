@@ -131,7 +131,7 @@ class _GenerationFields(_Wire):
     keep_alive: KeepAlive = None
     think: Think = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0)] | None = None  # at most RequestLimits.max_top_logprobs
     # Ollama 0.12.6+: absent means true. truncate: fit an over-long prompt into the context
     # (false: 400); shift: go on generating when the context fills (false: stop, "length").
     truncate: bool | None = None

@@ -32,6 +32,7 @@ from serve_app.core.internal_types import (
     Usage,
     new_request_id,
 )
+from serve_app.core.request_limits import RequestLimits
 from serve_app.core.version import SERVER_VERSION
 
 _DATA_URL = re.compile(r"^data:(?P<media>image/[\w.+\-]+);base64,(?P<data>.*)$", re.DOTALL)
@@ -124,16 +125,8 @@ def _sampling(body: wire._SamplingFields, max_tokens: int | None, n: int) -> dic
     }
 
 
-def check_n(n: int | None, max_n: int) -> int:
-    """``n`` within the server's bound."""
-    n = n or 1
-    if n > max_n:
-        raise InvalidRequest(f"'n' must be at most {max_n} on this server", param="n")
-    return n
-
-
 def chat_request_to_internal(
-    body: wire.ChatCompletionRequest, model: str, request_id: str, max_n: int
+    body: wire.ChatCompletionRequest, model: str, request_id: str
 ) -> tuple[GenerationRequest, list[str]]:
     """An internal chat request, plus the names of accepted fields we cannot honour."""
     fmt = ResponseFormat()
@@ -156,7 +149,7 @@ def chat_request_to_internal(
         kind="chat",
         messages=[message_to_internal(m, i) for i, m in enumerate(body.messages)],
         sampling=SamplingParams(
-            **_sampling(body, body.max_completion_tokens or body.max_tokens, check_n(body.n, max_n)),
+            **_sampling(body, body.max_completion_tokens or body.max_tokens, body.n or 1),
             logprobs=bool(body.logprobs),
             top_logprobs=body.top_logprobs,
         ),
@@ -170,9 +163,9 @@ def chat_request_to_internal(
 
 
 def completion_requests_to_internal(
-    body: wire.CompletionRequest, model: str, request_id: str, max_n: int
+    body: wire.CompletionRequest, model: str, request_id: str, limits: RequestLimits
 ) -> tuple[list[GenerationRequest], list[str]]:
-    """One internal request per prompt (OpenAI allows a batch of prompts)."""
+    """One internal request per prompt (OpenAI allows a batch of prompts, up to the limit)."""
     prompt = body.prompt
     prompts: list[str | list[int]]
     if isinstance(prompt, str):
@@ -183,7 +176,8 @@ def completion_requests_to_internal(
         prompts = list(prompt)  # type: ignore[arg-type]
     if body.echo and any(isinstance(p, list) for p in prompts):
         raise Unsupported("'echo' is not supported with token-id prompts", param="echo")
-    n = check_n(body.n, max_n)
+    limits.check_prompt_batch(len(prompts))
+    n = body.n or 1
     unhonoured = set_fields(body, wire.UNHONOURED_COMPLETION_FIELDS)
     if body.best_of in (None, 1) and "best_of" in unhonoured:
         unhonoured.remove("best_of")

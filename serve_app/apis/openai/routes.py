@@ -24,8 +24,8 @@ from serve_app.transport.streaming import stream_frames, streaming_response
 from serve_app.transport.unsupported import unsupported_headers
 
 
-def build_openai_router(gateway: Gateway, *, max_n: int) -> APIRouter:
-    """The ``/v1`` routes over ``gateway``; ``max_n`` is the largest accepted ``n``."""
+def build_openai_router(gateway: Gateway) -> APIRouter:
+    """The ``/v1`` routes over ``gateway`` (whose limits bound every request)."""
     router = APIRouter(prefix="/v1", tags=["openai"])
 
     @router.post("/chat/completions", responses=SSE_RESPONSE_DOC)
@@ -33,7 +33,7 @@ def build_openai_router(gateway: Gateway, *, max_n: int) -> APIRouter:
         """Chat completion, streamed as SSE when ``stream`` is true."""
         request_id = request_id_of(request.scope)
         card = gateway.card(body.model)
-        internal, unhonoured = adapter.chat_request_to_internal(body, card.name, request_id or "", max_n)
+        internal, unhonoured = adapter.chat_request_to_internal(body, card.name, request_id or "")
         gateway.check_generation_supported(card, internal)
         headers = unsupported_headers(unhonoured, request_id)
         if not body.stream:
@@ -62,7 +62,9 @@ def build_openai_router(gateway: Gateway, *, max_n: int) -> APIRouter:
         """Legacy text completion; a list of prompts gives ``n`` choices per prompt."""
         request_id = request_id_of(request.scope)
         card = gateway.card(body.model)
-        internals, unhonoured = adapter.completion_requests_to_internal(body, card.name, request_id or "", max_n)
+        internals, unhonoured = adapter.completion_requests_to_internal(
+            body, card.name, request_id or "", gateway.limits
+        )
         for internal in internals:
             gateway.check_generation_supported(card, internal)
         headers = unsupported_headers(unhonoured, request_id)

@@ -152,7 +152,7 @@ class StreamOptions(_Lenient):
 # -- shared sampling fields -----------------------------------------------------------------
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-StopWire = str | Annotated[list[str], Field(max_length=16)]
+StopWire = str | list[str]  # how many: RequestLimits.max_stop_sequences
 
 
 class _SamplingFields(_Wire):
@@ -165,7 +165,7 @@ class _SamplingFields(_Wire):
     frequency_penalty: Penalty | None = None
     stop: StopWire | None = None
     seed: int | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = 1
+    n: Annotated[int, Field(ge=1)] | None = 1  # at most RequestLimits.max_n
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
     # vLLM's extensions, sent by clients through extra_body.
@@ -218,7 +218,7 @@ class ChatCompletionRequest(_SamplingFields):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool | None = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0)] | None = None  # at most RequestLimits.max_top_logprobs
     response_format: ResponseFormatWire | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

@@ -235,7 +235,7 @@ class ResponseCreateRequest(_Wire):
     prompt_cache_options: dict[str, Any] | None = None
     safety_identifier: str | None = None
     max_tool_calls: Annotated[int, Field(ge=1)] | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0)] | None = None  # at most RequestLimits.max_top_logprobs
     context_management: list[dict[str, Any]] | None = None
     stream_options: dict[str, Any] | None = None
     background_options: dict[str, Any] | None = None
