@@ -77,13 +77,19 @@ def error_response(request: Request, error: ServingError) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route accepts on the request's path (for a 405's ``Allow``)."""
-    methods: set[str] = set()
+    """Every method some route accepts on the request's path (for a 405's ``Allow``).
+
+    A path that a literal route names (``/v1/threads/runs``) is that route's resource, even
+    where a templated one (``/v1/threads/{thread_id}``) also matches it.
+    """
+    literal: set[str] = set()
+    templated: set[str] = set()
     for route in request.app.router.routes:
         match, _ = route.matches({**request.scope, "method": "OPTIONS"}) if isinstance(route, BaseRoute) else (None, {})
         if match is not None and match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+            target = templated if "{" in str(getattr(route, "path", "")) else literal
+            target |= set(getattr(route, "methods", None) or ())
+    return sorted(literal or templated)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -100,6 +100,21 @@ def _has_chunked_body(scope: Scope) -> bool:
     return any(name == b"transfer-encoding" and b"chunked" in value.lower() for name, value in scope["headers"])
 
 
+# A response body is handed on in pieces of at most this size: behind Ray Serve the replica
+# sends each ASGI message to the proxy as one gRPC message, which is limited to 4 MiB (a reply
+# of 2,048 embeddings is about 8 MB of JSON).
+MAX_BODY_MESSAGE_BYTES = 1024 * 1024
+
+
+async def _send_in_pieces(send: Send, body: bytes, more_body: bool) -> None:
+    """Send ``body`` as several ``http.response.body`` messages of bounded size."""
+    view = memoryview(body)
+    for start in range(0, len(body), MAX_BODY_MESSAGE_BYTES):
+        end = start + MAX_BODY_MESSAGE_BYTES
+        last = end >= len(body)
+        await send({"type": "http.response.body", "body": bytes(view[start:end]), "more_body": more_body or not last})
+
+
 def _replay(buffered: list[Message], receive: Receive) -> Receive:
     """A ``receive`` that hands out ``buffered`` first, then defers to the real one."""
     pending = list(buffered)
@@ -193,8 +208,14 @@ class EdgeMiddleware:
                 if self.echo_request_id:
                     headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                if ctx is not None:
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if len(body) > MAX_BODY_MESSAGE_BYTES:
+                    await _send_in_pieces(send, body, bool(message.get("more_body", False)))
+                    if ctx is not None and not message.get("more_body", False):
+                        ctx.response_complete = True
+                    return
+                if not message.get("more_body", False) and ctx is not None:
                     ctx.response_complete = True
             await send(message)
 

@@ -254,9 +254,10 @@ class ChatCompletionRequest(_SamplingFields):
 
 # -- completions ----------------------------------------------------------------------------
 
+# An empty prompt has no token to start from: vLLM refuses it, so the schema does first.
 PromptWire = (
-    Annotated[str, Field()]
-    | Annotated[list[str], Field(min_length=1)]
+    Annotated[str, Field(min_length=1)]
+    | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     | Annotated[list[int], Field(min_length=1)]
     | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
 )
