@@ -206,7 +206,8 @@ def create_app(
         version=SERVER_VERSION,
         lifespan=lifespan,
     )
-    install_truthful_openapi(app, settings.limits)
+    dimensions = [c.embedding_dimensions for c in cards if c.kind == "embed" and c.embedding_dimensions]
+    install_truthful_openapi(app, settings.limits, max(dimensions, default=None))
     app.state.gateway = gateway
     app.state.store = state_store
     app.state.metrics = metrics

@@ -83,7 +83,7 @@ def _cap(schema: dict[str, Any], keyword: str, value: int, kind: str, item_type:
 _EMBEDDING_REQUESTS = ("EmbeddingsRequest", "EmbedRequest")
 
 
-def _state_limits(components: dict[str, Any], limits: RequestLimits) -> None:
+def _state_limits(components: dict[str, Any], limits: RequestLimits, dimensions: int | None) -> None:
     """Write the server's configured limits into the request schemas, so a schema-valid request
     is one the server accepts (the limits are settings, checked by the gateway)."""
     for name, schema in components.items():
@@ -100,14 +100,16 @@ def _state_limits(components: dict[str, Any], limits: RequestLimits) -> None:
         if name in _EMBEDDING_REQUESTS and "input" in properties:
             _cap(properties["input"], "maxItems", limits.max_embedding_inputs, "array", "string")
             _cap(properties["input"], "maxItems", limits.max_embedding_inputs, "array", "array")
+        if name in _EMBEDDING_REQUESTS and "dimensions" in properties and dimensions is not None:
+            _cap(properties["dimensions"], "maximum", dimensions, "integer")
         if name == "CompletionRequest" and "prompt" in properties:
             _cap(properties["prompt"], "maxItems", limits.max_completion_prompts, "array", "string")
             _cap(properties["prompt"], "maxItems", limits.max_completion_prompts, "array", "array")
 
 
-def truthful_openapi(app: FastAPI, limits: RequestLimits) -> dict[str, Any]:
+def truthful_openapi(app: FastAPI, limits: RequestLimits, dimensions: int | None = None) -> dict[str, Any]:
     """Build the document of ``app`` with every operation's real error responses and the
-    server's request limits."""
+    server's request limits (``dimensions``: the most any embedding model here has)."""
     document = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
@@ -122,10 +124,19 @@ def truthful_openapi(app: FastAPI, limits: RequestLimits) -> dict[str, Any]:
         refs[api] = f"#/components/schemas/{title}"
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
-    _state_limits(components, limits)
+    _state_limits(components, limits, dimensions)
+    # Keys, when configured, come as a bearer token or in x-api-key (Anthropic's SDK); probes
+    # stay open. Without keys configured every route is open and no 401 is sent.
+    document["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+    }
+    document["security"] = [{"bearer": []}, {"apiKey": []}]
     for path, operations in document.get("paths", {}).items():
         ref = refs[api_of_path(path)]
         for method, operation in operations.items():
+            if path in OPEN_PATHS:
+                operation["security"] = []
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
             for status, description in _statuses(path, method).items():
@@ -137,12 +148,12 @@ def truthful_openapi(app: FastAPI, limits: RequestLimits) -> dict[str, Any]:
     return document
 
 
-def install_truthful_openapi(app: FastAPI, limits: RequestLimits) -> None:
+def install_truthful_openapi(app: FastAPI, limits: RequestLimits, dimensions: int | None = None) -> None:
     """Serve :func:`truthful_openapi` at ``/openapi.json`` (built once, on first request)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = truthful_openapi(app, limits)
+            app.openapi_schema = truthful_openapi(app, limits, dimensions)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -53,10 +53,13 @@ def fake_cards() -> list[ModelCard]:
 
 
 def build_fake_app(
-    settings: IngressSettings | None = None, engine_config: FakeEngineConfig | None = None
+    settings: IngressSettings | None = None,
+    engine_config: FakeEngineConfig | None = None,
+    cards: list[ModelCard] | None = None,
 ) -> tuple[FastAPI, dict[str, FakeEngine]]:
-    """The ingress app over in-process fake engines, and the engines (to inspect counters)."""
-    cards = fake_cards()
+    """The ingress app over in-process fake engines (``fake_cards`` unless ``cards``), and the
+    engines (to inspect counters)."""
+    cards = cards or fake_cards()
     engines = {c.name: FakeEngine(c, engine_config) for c in cards}
     app = create_app(LocalBackend(engines), cards, settings or IngressSettings())
     return app, engines

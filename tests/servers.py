@@ -20,10 +20,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on loopback in a thread; yields its base URL."""
+def serve_in_thread(app: FastAPI, lifespan: str = "off") -> Iterator[str]:
+    """Serve ``app`` with uvicorn on loopback in a thread; yields its base URL.
+
+    ``lifespan="on"`` runs the app's start-up and shut-down (its store's migrations, sweeps).
+    """
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

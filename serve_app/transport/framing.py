@@ -10,9 +10,9 @@ NDJSON_MEDIA_TYPE = "application/x-ndjson"
 
 # What a route that may stream says of its 200 in the OpenAPI document (beside its JSON body).
 SSE_RESPONSE_DOC = {200: {"description": "JSON, or an event stream when `stream` is true.",
-                          "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}}}
+                          "content": {SSE_MEDIA_TYPE: {}}}}
 NDJSON_RESPONSE_DOC = {200: {"description": "JSON, or JSON lines when `stream` is true (the default).",
-                             "content": {NDJSON_MEDIA_TYPE: {"schema": {"type": "string"}}}}}
+                             "content": {NDJSON_MEDIA_TYPE: {}}}}
 SSE_DONE = b"data: [DONE]\n\n"
 
 

@@ -44,3 +44,10 @@ def rules(*conditions: Schema) -> dict[str, Any]:
 NON_NULL_OBJECT: Schema = {"type": "object"}
 TRUE: Schema = {"const": True}
 NON_EMPTY_ARRAY: Schema = {"type": "array", "minItems": 1}
+
+
+# Standard padded base64, as the routes decode it (``base64.b64decode(..., validate=True)``).
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+BASE64_STRING: Schema = {"type": "string", "pattern": BASE64_PATTERN}
+# An inline image: the only image URL accepted (remote URLs are refused, never fetched).
+IMAGE_DATA_URL: Schema = {"type": "string", "pattern": r"^data:image/[\w.+\-]+;base64," + BASE64_PATTERN[1:]}

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
+
+from serve_app.transport.schema_rules import BASE64_STRING, NON_EMPTY_ARRAY, rules, when_then
 
 
 class _Wire(BaseModel):
@@ -32,7 +35,7 @@ class TextBlock(_Lenient):
 class Base64ImageSource(_Lenient):
     type: Literal["base64"]
     media_type: str = Field(min_length=1)
-    data: str
+    data: Annotated[str, WithJsonSchema(BASE64_STRING)]
 
 
 class UrlImageSource(_Lenient):
@@ -45,7 +48,10 @@ class FileImageSource(_Lenient):
     file_id: str
 
 
-ImageSource = Annotated[Base64ImageSource | UrlImageSource | FileImageSource, Field(discriminator="type")]
+# URL and file sources are refused with a 400 (nothing is fetched), so they are not in the document.
+ImageSource = Annotated[
+    Base64ImageSource | SkipJsonSchema[UrlImageSource] | SkipJsonSchema[FileImageSource], Field(discriminator="type")
+]
 
 
 class ImageBlock(_Lenient):
@@ -89,7 +95,9 @@ class DocumentBlock(_Lenient):
 
 
 ContentBlock = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock | DocumentBlock,
+    # Documents are refused with a 400 (send their text), so they are not in the document.
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
+    | SkipJsonSchema[DocumentBlock],
     Field(discriminator="type"),
 ]
 
@@ -106,10 +114,13 @@ class Tool(_Lenient):
     """A custom tool; Anthropic's server tools (``type`` such as ``web_search_20250305``) are
     accepted here and refused by the adapter with a clear message."""
 
+    # The document shows what is served: a custom tool with its input schema.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["name", "input_schema"]})
+
     name: str = Field(min_length=1, max_length=128)
-    type: str | None = None
+    type: Annotated[str, WithJsonSchema({"type": "string", "const": "custom"})] | None = None
     description: str | None = None
-    input_schema: dict[str, Any] | None = None
+    input_schema: dict[str, Any] | SkipJsonSchema[None] = None
 
 
 class ToolChoiceAuto(_Lenient):
@@ -171,6 +182,15 @@ UNHONOURED_FIELDS = (
 
 class CountTokensRequest(_Wire):
     """``POST /v1/messages/count_tokens``: what shapes the prompt, nothing that samples."""
+
+    # The adapter's rule, for the document: 'any' and 'tool' need tools (and 'tool' must name
+    # one of them, which JSON Schema cannot say).
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            when_then("tool_choice", {"type": "object", "required": ["type"],
+                                      "properties": {"type": {"enum": ["any", "tool"]}}}, "tools", NON_EMPTY_ARRAY)
+        )
+    )
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-KeepAlive = str | int | float | None
+from serve_app.transport.schema_rules import BASE64_STRING, rules, when_then_not
+
+# Seconds (a number, or one written as a string) or a Go duration ("5m", "1h30m", "-1m");
+# the adapter refuses other strings with a 400.
+_KEEP_ALIVE_PATTERN = (
+    r"^\s*(?:[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+    r"|[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|ms|s|m|h))+)?\s*$"
+)
+KeepAlive = Annotated[str, WithJsonSchema({"type": "string", "pattern": _KEEP_ALIVE_PATTERN})] | int | float | None
 Think = bool | Literal["high", "medium", "low"] | None
 Format = Literal["json", ""] | dict[str, Any] | None
 
@@ -29,7 +37,10 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     # Honoured (mapped to the engine's sampling parameters or the context check).
-    num_predict: int | None = None
+    # Positive, or -1 (no limit) or -2 (fill the context); the adapter refuses the rest.
+    num_predict: Annotated[
+        int, WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "integer", "enum": [-1, -2]}]})
+    ] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
@@ -101,7 +112,7 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
     thinking: str | None = None
-    images: list[str] | None = None
+    images: list[Annotated[str, WithJsonSchema(BASE64_STRING)]] | None = None
     tool_calls: list[ToolCallWire] | None = None
     tool_name: str | None = None
     # Open WebUI answers a call with the call's id instead of Ollama's tool_name.
@@ -139,13 +150,18 @@ class _GenerationFields(_Wire):
 
 
 class GenerateRequest(_GenerationFields):
+    # A raw prompt has no template to place images in (the adapter refuses them).
+    model_config = ConfigDict(
+        json_schema_extra=rules(when_then_not("raw", {"const": True}, "images", {"type": "array", "minItems": 1}))
+    )
+
     prompt: str | None = ""
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
     context: list[int] | None = None
     raw: bool | None = False
-    images: list[str] | None = None
+    images: list[Annotated[str, WithJsonSchema(BASE64_STRING)]] | None = None
 
 
 class ChatRequest(_GenerationFields):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from serve_app.transport.schema_rules import NON_EMPTY_ARRAY, NON_NULL_OBJECT, TRUE, rules, when_then
+from serve_app.transport.schema_rules import IMAGE_DATA_URL, NON_EMPTY_ARRAY, NON_NULL_OBJECT, TRUE, rules, when_then
 
 
 class _Wire(BaseModel):
@@ -33,7 +33,7 @@ class TextContentPart(_Lenient):
 
 
 class ImageUrl(_Lenient):
-    url: str
+    url: Annotated[str, WithJsonSchema(IMAGE_DATA_URL)]
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -166,7 +166,10 @@ class _SamplingFields(_Wire):
     stop: StopWire | None = None
     seed: int | None = None
     n: Annotated[int, Field(ge=1)] | None = 1  # at most RequestLimits.max_n
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    # Keys are token ids (as strings, JSON's only key type); the adapter refuses others.
+    logit_bias: Annotated[
+        dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
+    ] | None = None
     user: str | None = None
     # vLLM's extensions, sent by clients through extra_body.
     top_k: Annotated[int, Field(ge=-1)] | None = None

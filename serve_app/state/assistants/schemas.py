@@ -14,6 +14,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from serve_app.apis.openai.schemas import FunctionDefinition, ResponseFormatWire
 from serve_app.state.responses.schemas import Metadata
+from serve_app.transport.schema_rules import IMAGE_DATA_URL
 
 
 class _Wire(BaseModel):
@@ -30,7 +31,7 @@ class ToolWire(_Lenient):
     model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["type", "function"]})
 
     type: Annotated[str, Field(min_length=1), WithJsonSchema({"type": "string", "const": "function"})]
-    function: FunctionDefinition | None = None
+    function: FunctionDefinition | SkipJsonSchema[None] = None
 
 
 def _no_file_ids(value: list[Any]) -> list[Any]:
@@ -97,7 +98,7 @@ class TextPartWire(_Lenient):
 
 
 class ImageUrlWire(_Lenient):
-    url: str
+    url: Annotated[str, WithJsonSchema(IMAGE_DATA_URL)]
     detail: Literal["auto", "low", "high"] | None = None
 
 

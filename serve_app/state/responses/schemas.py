@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from serve_app.transport.schema_rules import NON_EMPTY_ARRAY, not_both, rules, when_then, when_then_not
+from serve_app.transport.schema_rules import IMAGE_DATA_URL, NON_EMPTY_ARRAY, not_both, rules, when_then, when_then_not
 
 
 class _Wire(BaseModel):
@@ -36,9 +36,12 @@ class InputText(_Lenient):
 
 
 class InputImage(_Lenient):
+    # Only base64 data URLs are served; file ids are refused with a 400 (no Files API).
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["type", "image_url"]})
+
     type: Literal["input_image"]
-    image_url: str | None = None
-    file_id: str | None = None
+    image_url: Annotated[str, WithJsonSchema(IMAGE_DATA_URL)] | SkipJsonSchema[None] = None
+    file_id: SkipJsonSchema[str | None] = None
     detail: str | None = None
 
 
@@ -59,7 +62,10 @@ class Refusal(_Lenient):
     refusal: str
 
 
-ContentPart = Annotated[InputText | InputImage | InputFile | OutputText | Refusal, Field(discriminator="type")]
+# Files are refused with a 400 (no Files API), so they are not in the document.
+ContentPart = Annotated[
+    InputText | InputImage | SkipJsonSchema[InputFile] | OutputText | Refusal, Field(discriminator="type")
+]
 
 # -- items ----------------------------------------------------------------------------------
 
@@ -138,8 +144,10 @@ def _tool_type(value: Any) -> str:
     return "function" if kind == "function" else "other"
 
 
+# Hosted tools are refused with a 400 naming them, so only function tools are in the document.
 Tool = Annotated[
-    Annotated[FunctionTool, Tag("function")] | Annotated[OtherTool, Tag("other")], Discriminator(_tool_type)
+    Annotated[FunctionTool, Tag("function")] | Annotated[SkipJsonSchema[OtherTool], Tag("other")],
+    Discriminator(_tool_type),
 ]
 
 
@@ -205,6 +213,8 @@ class ResponseCreateRequest(_Wire):
             not_both("previous_response_id", "conversation"),
             when_then_not("background", {"const": True}, "store", {"const": False}),
             when_then("tool_choice", {"const": "required"}, "tools", NON_EMPTY_ARRAY),
+            when_then("tool_choice", {"type": "object", "required": ["type"], "properties": {"type": {"const": "function"}}},
+                      "tools", NON_EMPTY_ARRAY),
         )
     )
     model: str = Field(min_length=1)
