@@ -251,6 +251,9 @@ def create_app(
         echo_request_id=settings.echo_request_id,
         open_paths=OPEN_PATHS | ({METRICS_PATH} if settings.metrics_open else set()),
         route_of=_route_matcher(app),
+        max_header_count=settings.max_header_count,
+        max_header_bytes=settings.max_header_bytes,
+        body_timeout_s=settings.body_timeout_s,
     )
     if settings.cors_origins:
         # Outermost, so browsers' preflight requests (which carry no key) are answered here.

@@ -29,6 +29,8 @@ _WITH_RETRY_AFTER = {429, 503, 529}
 
 # Every status the edge or the backend may answer an operation with, and why.
 _COMMON = {
+    408: "The body did not arrive within the server's body timeout.",
+    431: "Too many request headers, or too many bytes of them.",
     400: "The request is invalid (a field, the JSON itself, or text that is not valid Unicode).",
     401: "The API key is missing or wrong (when keys are configured).",
     404: "No such model, object or route, or the key may not use it.",
@@ -44,7 +46,7 @@ _ANTHROPIC = {529: "The model's replicas and queue are full (Anthropic's overloa
 def _statuses(path: str, method: str) -> dict[int, str]:
     """The error statuses an operation can answer (beyond those its route declares)."""
     if path in OPEN_PATHS:
-        return {413: _COMMON[413]}
+        return {status: _COMMON[status] for status in (408, 413, 431)}
     statuses = dict(_COMMON)
     if method in ("post", "put", "patch"):
         statuses.update(_GENERATING)

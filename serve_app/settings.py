@@ -62,6 +62,16 @@ class IngressSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="Largest request body (413 beyond, before any route)."
     )
+    max_header_count: int = Field(default=100, ge=8, description="Most request headers (431 beyond).")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Most bytes of request header names and values together (431 beyond)."
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Time a client has to send its whole body (408 beyond): a stalled upload does "
+        "not hold an ingress slot for ever.",
+    )
     limits: RequestLimits = Field(
         default_factory=RequestLimits,
         description="Per-request limits every API shares (n, stop sequences, top_logprobs, images, "

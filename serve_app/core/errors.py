@@ -112,6 +112,22 @@ class PayloadTooLarge(ServingError):
     code = "request_too_large"
 
 
+class RequestTimeout(ServingError):
+    """The client did not send its body within the edge's time (a slow or stalled upload)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(ServingError):
+    """Too many request headers, or too many bytes of them."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class RateLimited(ServingError):
     status = 429
     type = "rate_limit_error"

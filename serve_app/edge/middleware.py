@@ -10,6 +10,7 @@ limiter slot is released, tokens are charged, metrics are recorded and the usage
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -19,7 +20,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.core.errors import AuthenticationFailed, PayloadTooLarge, RateLimited, ServingError
+from serve_app.core.errors import (
+    AuthenticationFailed,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    ServingError,
+)
 from serve_app.core.internal_types import new_request_id
 from serve_app.core.observation import reset_observer, set_observer
 from serve_app.edge.accounting import Accounting
@@ -140,6 +148,9 @@ class EdgeMiddleware:
         echo_request_id: bool = True,
         open_paths: Iterable[str] = OPEN_PATHS,
         route_of: Callable[[Scope], str] | None = None,
+        max_header_count: int = 100,
+        max_header_bytes: int = 16 * 1024,
+        body_timeout_s: float = 60.0,
     ) -> None:
         self.app = app
         # Behind Ray Serve's proxy the proxy echoes x-request-id itself; a second copy would
@@ -150,6 +161,9 @@ class EdgeMiddleware:
         self.accounting = accounting
         self.open_paths = frozenset(open_paths)
         self._route_of = route_of or (lambda scope: "unmatched")
+        self.max_header_count = max_header_count
+        self.max_header_bytes = max_header_bytes
+        self.body_timeout_s = body_timeout_s
 
     def _authenticate(self, scope: Scope) -> ApiKey | None | bool:
         """The key the request carries; ``None`` when no keys are set, ``False`` when refused.
@@ -219,7 +233,7 @@ class EdgeMiddleware:
                     ctx.response_complete = True
             await send(message)
 
-        refusal = await self._refusal(scope, content_length, ctx)
+        refusal = self._oversized_headers(scope) or await self._refusal(scope, content_length, ctx)
         if refusal is not None:
             if ctx is not None:
                 ctx.record_error(refusal)
@@ -231,7 +245,13 @@ class EdgeMiddleware:
         if content_length is None and _has_chunked_body(scope):
             # No declared length: read the body here, so an oversized one is refused with 413
             # whatever the route does with it (FastAPI turns errors while reading into 400s).
-            buffered = await self._read_limited(receive)
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    buffered = await self._read_limited(receive)
+            except TimeoutError:
+                timeout = RequestTimeout(f"The request body was not received within {self.body_timeout_s:g} s.")
+                await self._refuse_late(scope, send_with_request_id, timeout, request_id, ctx)
+                return
             if buffered is None:
                 await self._refuse_late(scope, send_with_request_id, self._too_large(), request_id, ctx)
                 return
@@ -239,10 +259,24 @@ class EdgeMiddleware:
 
         received = 0
         parts: list[bytes] = []
+        body_deadline: float | None = None
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_deadline, body_done
+            if body_done:
+                message = await receive()  # after the body: only the disconnect, never timed
+            else:
+                loop = asyncio.get_running_loop()
+                if body_deadline is None:
+                    body_deadline = loop.time() + self.body_timeout_s
+                try:
+                    async with asyncio.timeout_at(body_deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"The request body was not received within {self.body_timeout_s:g} s."
+                    ) from None
             if message["type"] == "http.request":
                 part = message.get("body", b"")
                 received += len(part)
@@ -251,6 +285,7 @@ class EdgeMiddleware:
                     raise self._too_large()
                 parts.append(part)
                 if not message.get("more_body", False):
+                    body_done = True
                     problem = unencodable_text_error(part if len(parts) == 1 else b"".join(parts))
                     parts.clear()
                     if problem is not None:
@@ -275,6 +310,17 @@ class EdgeMiddleware:
             route = scope.get("route")
             ctx.route = getattr(route, "path", None) or self._route_of(scope)
             await self.accounting.finish(ctx, started=True)
+
+    def _oversized_headers(self, scope: Scope) -> ServingError | None:
+        """431 for more headers, or more header bytes, than the limits (Ray Serve's own HTTP
+        server behind HAProxy parses any number of any size)."""
+        headers = scope["headers"]
+        if len(headers) > self.max_header_count:
+            return HeadersTooLarge(f"The request has {len(headers)} headers; at most {self.max_header_count} are accepted.")
+        size = sum(len(name) + len(value) for name, value in headers)
+        if size > self.max_header_bytes:
+            return HeadersTooLarge(f"The request headers hold {size} bytes; at most {self.max_header_bytes} are accepted.")
+        return None
 
     async def _refusal(self, scope: Scope, content_length: bytes | None, ctx: RequestContext | None) -> ServingError | None:
         """Why the request is refused before the app sees it (key, size, key limits), if it is."""

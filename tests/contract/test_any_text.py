@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from serve_app.settings import IngressSettings
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, VISION_MODEL, build_fake_app
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAHnOcQAAAAABJRU5ErkJggg=="
@@ -82,8 +83,9 @@ ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    app, _ = build_fake_app()
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    # A store of its own: the objects made here are nobody else's listing.
+    app, _ = build_fake_app(IngressSettings(state={"data_dir": str(tmp_path_factory.mktemp("any-text"))}))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
