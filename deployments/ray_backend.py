@@ -39,7 +39,11 @@ _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
 
 def _state_of(deployment_status: Any, on_demand: bool = False) -> tuple[ModelState, int, str | None]:
     """Our (state, running replicas, message) from Serve's DeploymentStatusOverview."""
-    running = int(deployment_status.replica_states.get("RUNNING", 0))
+    # After a controller restart Serve reports the replicas it re-attaches as RECOVERING: they
+    # are alive and serving (requests never stopped), not starting.
+    running = int(deployment_status.replica_states.get("RUNNING", 0)) + int(
+        deployment_status.replica_states.get("RECOVERING", 0)
+    )
     status = str(getattr(deployment_status.status, "value", deployment_status.status))
     message = deployment_status.message or None
     if running > 0:
@@ -54,6 +58,9 @@ def _state_of(deployment_status: Any, on_demand: bool = False) -> tuple[ModelSta
 # One embedding call across the handle hop carries at most this many inputs, and a reply of
 # about this many bytes (see RayBackend._embedding_batch).
 EMBED_BATCH_MAX_INPUTS = 256
+# How long a request waits for the Serve controller's view of the models before it is served
+# from the last one known (see RayBackend.list_models).
+STATUS_WAIT_S = 2.0
 EMBED_REPLY_BUDGET_BYTES = 1024 * 1024
 
 
@@ -85,6 +92,7 @@ class RayBackend:
         self._deploy_failed: dict[str, str] = {}
         self._background: set[asyncio.Task[object]] = set()
         self._status_lock = asyncio.Lock()
+        self._status_refresh: asyncio.Task[list[ModelStatus]] | None = None
         # Models that scale to zero: the bounded wait while one loads (deployments.cold_start).
         self._gates = {
             name: ColdStartGate(name, settings, self._retry_after) for name, settings in (on_demand or {}).items()
@@ -130,7 +138,8 @@ class RayBackend:
         gives up only after minutes of failed starts, so ten seconds more to notice is nothing.
         """
         if self._status_cache is None:
-            await self.list_models()
+            with contextlib.suppress(ModelUnavailable):  # no word from the controller: go on
+                await self.list_models()
         elif time.monotonic() - self._status_cache[0] >= self._failure_check_s and not self._status_lock.locked():
             task = asyncio.create_task(self.list_models())
             self._background.add(task)
@@ -260,15 +269,31 @@ class RayBackend:
         return until
 
     async def list_models(self) -> list[ModelStatus]:
-        """Configured models with Serve's view of their replicas (cached for a second)."""
-        now = time.monotonic()
+        """Configured models with Serve's view of their replicas (cached for a second).
+
+        Reading it asks the Serve controller, and a call to a controller that is restarting or
+        hung waits until it answers (Ray retries it without end). So one read runs at a time,
+        a caller waits for it at most ``STATUS_WAIT_S`` and otherwise gets the last statuses
+        known, while the read goes on in the background.
+        """
         cached = self._status_cache
-        if cached is not None and now - cached[0] < self._status_ttl_s:
+        if cached is not None and time.monotonic() - cached[0] < self._status_ttl_s:
             return cached[1]
-        async with self._status_lock:
-            cached = self._status_cache
-            if cached is not None and time.monotonic() - cached[0] < self._status_ttl_s:
+        refresh = self._status_refresh
+        if refresh is None or refresh.done():
+            refresh = self._status_refresh = asyncio.create_task(self._refresh_statuses())
+        try:
+            return await asyncio.wait_for(asyncio.shield(refresh), STATUS_WAIT_S)
+        except TimeoutError:
+            if cached is not None:
+                logger.warning("Serve's status did not come within %.0f s; using the last one", STATUS_WAIT_S)
                 return cached[1]
+            raise ModelUnavailable(
+                "the cluster's controller is not answering; retry shortly", headers={"retry-after": self._retry_after}
+            ) from None
+
+    async def _refresh_statuses(self) -> list[ModelStatus]:
+        async with self._status_lock:
             statuses = await asyncio.to_thread(self._read_statuses)
             self._status_cache = (time.monotonic(), statuses)
             return statuses
