@@ -207,7 +207,7 @@ def create_app(
         lifespan=lifespan,
     )
     dimensions = [c.embedding_dimensions for c in cards if c.kind == "embed" and c.embedding_dimensions]
-    install_truthful_openapi(app, settings.limits, max(dimensions, default=None))
+    install_truthful_openapi(app, settings.limits, max(dimensions, default=None), keyed=bool(keyring))
     app.state.gateway = gateway
     app.state.store = state_store
     app.state.metrics = metrics

@@ -43,11 +43,13 @@ _GENERATING = {504: "Our generation deadline passed before the first byte (not r
 _ANTHROPIC = {529: "The model's replicas and queue are full (Anthropic's overloaded_error)."}
 
 
-def _statuses(path: str, method: str) -> dict[int, str]:
+def _statuses(path: str, method: str, keyed: bool) -> dict[int, str]:
     """The error statuses an operation can answer (beyond those its route declares)."""
     if path in OPEN_PATHS:
         return {status: _COMMON[status] for status in (408, 413, 431)}
     statuses = dict(_COMMON)
+    if not keyed:
+        del statuses[401]
     if method in ("post", "put", "patch"):
         statuses.update(_GENERATING)
     if api_of_path(path) == "anthropic":
@@ -109,9 +111,12 @@ def _state_limits(components: dict[str, Any], limits: RequestLimits, dimensions:
             _cap(properties["prompt"], "maxItems", limits.max_completion_prompts, "array", "array")
 
 
-def truthful_openapi(app: FastAPI, limits: RequestLimits, dimensions: int | None = None) -> dict[str, Any]:
+def truthful_openapi(
+    app: FastAPI, limits: RequestLimits, dimensions: int | None = None, keyed: bool = False
+) -> dict[str, Any]:
     """Build the document of ``app`` with every operation's real error responses and the
-    server's request limits (``dimensions``: the most any embedding model here has)."""
+    server's request limits (``dimensions``: the most any embedding model here has; ``keyed``:
+    whether API keys are configured, so routes need one)."""
     document = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
@@ -128,12 +133,13 @@ def truthful_openapi(app: FastAPI, limits: RequestLimits, dimensions: int | None
         components.pop(name, None)
     _state_limits(components, limits, dimensions)
     # Keys, when configured, come as a bearer token or in x-api-key (Anthropic's SDK); probes
-    # stay open. Without keys configured every route is open and no 401 is sent.
-    document["components"]["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer"},
-        "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-    }
-    document["security"] = [{"bearer": []}, {"apiKey": []}]
+    # stay open. Without keys every route is open, and the document says so.
+    if keyed:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+        }
+        document["security"] = [{"bearer": []}, {"apiKey": []}]
     for path, operations in document.get("paths", {}).items():
         ref = refs[api_of_path(path)]
         for method, operation in operations.items():
@@ -141,7 +147,7 @@ def truthful_openapi(app: FastAPI, limits: RequestLimits, dimensions: int | None
                 operation["security"] = []
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status, description in _statuses(path, method).items():
+            for status, description in _statuses(path, method, keyed).items():
                 responses.setdefault(str(status), _error_response(description, status, ref))
             for status, response in responses.items():
                 # Statuses a route declares itself (a 403) get the error schema too.
@@ -150,12 +156,14 @@ def truthful_openapi(app: FastAPI, limits: RequestLimits, dimensions: int | None
     return document
 
 
-def install_truthful_openapi(app: FastAPI, limits: RequestLimits, dimensions: int | None = None) -> None:
+def install_truthful_openapi(
+    app: FastAPI, limits: RequestLimits, dimensions: int | None = None, keyed: bool = False
+) -> None:
     """Serve :func:`truthful_openapi` at ``/openapi.json`` (built once, on first request)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = truthful_openapi(app, limits, dimensions)
+            app.openapi_schema = truthful_openapi(app, limits, dimensions, keyed)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

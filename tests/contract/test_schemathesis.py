@@ -41,13 +41,14 @@ def schemathesis_cards() -> list[ModelCard]:
 
 
 def run_schemathesis(url: str, models: dict[str, str], *, key: str | None, examples: int, seed: str,
-                     workers: int = 2, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+                     workers: int = 2, request_timeout_s: int = 30,
+                     extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """``st run`` against ``url`` with every phase but stateful and every check."""
     command = [
         str(Path(sys.executable).with_name("st")), "run", f"{url}/openapi.json",
         "--phases=coverage,fuzzing", "--mode=all", "--checks=all",
         f"--max-examples={examples}", f"--seed={seed}", f"--workers={workers}",
-        "--request-timeout=30", "--max-failures=50", "--no-color",
+        f"--request-timeout={request_timeout_s}", "--max-failures=50", "--no-color",
         # Schema-violating cases are still sent and must never get a 5xx or an undocumented
         # status; that the server refuses every one of them is not asked (pydantic's lax mode
         # takes `false` for 0 and "1" for 1, as OpenAI's own API does).
@@ -109,7 +110,11 @@ def test_openapi_operation_ids_are_unique() -> None:
 
 
 def test_the_document_states_errors_and_limits_as_served() -> None:
-    settings = IngressSettings(limits={"max_n": 3, "max_stop_sequences": 2, "max_embedding_inputs": 5})
+    # Without keys the document has no security and no 401 (every route is open).
+    open_document = build_fake_app()[0].openapi()
+    assert "security" not in open_document
+    assert "401" not in open_document["paths"]["/v1/chat/completions"]["post"]["responses"]
+    settings = IngressSettings(api_keys=["k"], limits={"max_n": 3, "max_stop_sequences": 2, "max_embedding_inputs": 5})
     document = build_fake_app(settings)[0].openapi()
     chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert "422" not in chat and {"200", "400", "401", "404", "413", "429", "500", "503", "504"} <= set(chat)
@@ -123,6 +128,7 @@ def test_the_document_states_errors_and_limits_as_served() -> None:
     assert anthropic["529"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/AnthropicError"}
     assert document["paths"]["/api/pull"]["post"]["responses"]["403"]["content"]
     assert document["paths"]["/health"]["get"]["security"] == []
+    assert {"bearer", "apiKey"} == set(document["components"]["securitySchemes"])
     schemas = document["components"]["schemas"]
     n = schemas["ChatCompletionRequest"]["properties"]["n"]["anyOf"][0]
     assert n["maximum"] == 3
