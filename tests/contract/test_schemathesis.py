@@ -17,8 +17,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
 
 from serve_app.core.internal_types import ModelCard
 from serve_app.settings import IngressSettings
@@ -146,3 +149,33 @@ def test_the_document_states_errors_and_limits_as_served() -> None:
         assert name not in schemas
 
 
+
+
+# Bodies the routes refuse for a relation between fields, each beside its accepted twin: the
+# document's schema must refuse and accept the same ones (so a client generated from it, or
+# schemathesis, learns the rule without a 400).
+CROSS_FIELD_CASES = [
+    ("/v1/completions", "CompletionRequest", {"prompt": [1, 2, 3], "echo": True}, {"prompt": "hi", "echo": True}),
+    ("/v1/completions", "CompletionRequest", {"prompt": [[1, 2]], "echo": True}, {"prompt": [[1, 2]], "echo": False}),
+    ("/v1/completions", "CompletionRequest", {"prompt": "hi", "stream_options": {"include_usage": True}},
+     {"prompt": "hi", "stream": True, "stream_options": {"include_usage": True}}),
+    ("/v1/chat/completions", "ChatCompletionRequest",
+     {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+     {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2, "logprobs": True}),
+    ("/v1/chat/completions", "ChatCompletionRequest",
+     {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"},
+     {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "none"}),
+]
+
+
+@pytest.mark.parametrize(("path", "schema_name", "refused", "accepted"), CROSS_FIELD_CASES)
+def test_cross_field_rules_in_the_document_match_the_routes(
+    client: TestClient, path: str, schema_name: str, refused: dict[str, Any], accepted: dict[str, Any]
+) -> None:
+    document = client.app.openapi()  # type: ignore[attr-defined]
+    validator = Draft202012Validator({"$ref": f"#/components/schemas/{schema_name}", "components": document["components"]})
+    for body, valid in ((refused, False), (accepted, True)):
+        body = {"model": "smollm2:135m", "max_tokens": 2, **body}
+        assert validator.is_valid(body) is valid, body
+        status = client.post(path, json=body).status_code
+        assert (status == 200) is valid, (body, status)

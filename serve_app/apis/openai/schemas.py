@@ -11,7 +11,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from serve_app.transport.schema_rules import IMAGE_DATA_URL, NON_EMPTY_ARRAY, NON_NULL_OBJECT, TRUE, rules, when_then
+from serve_app.transport.schema_rules import (
+    IMAGE_DATA_URL,
+    NON_EMPTY_ARRAY,
+    NON_NULL_OBJECT,
+    TRUE,
+    Schema,
+    rules,
+    when_then,
+    when_then_not,
+)
 
 
 class _Wire(BaseModel):
@@ -267,9 +276,14 @@ PromptWire = (
 
 UNHONOURED_COMPLETION_FIELDS = ("best_of",)
 
+# Echo repeats the prompt's text, which a prompt of token ids does not have (the adapter
+# refuses the pair with a 400); the document says so.
+_TOKEN_ID_PROMPT: Schema = {"type": "array", "items": {"type": ["integer", "array"]}}
+_ECHO_NEEDS_TEXT = when_then_not("echo", TRUE, "prompt", _TOKEN_ID_PROMPT)
+
 
 class CompletionRequest(_SamplingFields):
-    model_config = ConfigDict(json_schema_extra=rules(_STREAM_OPTIONS_NEED_STREAM))
+    model_config = ConfigDict(json_schema_extra=rules(_STREAM_OPTIONS_NEED_STREAM, _ECHO_NEEDS_TEXT))
     prompt: PromptWire
     suffix: str | None = None
     echo: bool | None = False
