@@ -196,6 +196,11 @@ class Workload:
     prompt_words: int = 16
     max_tokens: int = 64
     embedding_batch: int = 32
+    # Request i asks for models[i % len(models)] instead of ``model`` (adapters mixed in one load).
+    models: tuple[str, ...] = ()
+
+    def model_of(self, i: int) -> str:
+        return self.models[i % len(self.models)] if self.models else self.model
 
 
 async def run_load(
@@ -219,7 +224,7 @@ async def run_load(
                 inputs = [seeded_prompt(rng, workload.prompt_words) for _ in range(workload.embedding_batch)]
                 record = await _one_embedding(client, workload.model, inputs)
             else:
-                body = _chat_body(workload.api, workload.model, seeded_prompt(rng, workload.prompt_words), workload.max_tokens, seed * 100_000 + i)
+                body = _chat_body(workload.api, workload.model_of(i), seeded_prompt(rng, workload.prompt_words), workload.max_tokens, seed * 100_000 + i)
                 record = await _one_chat(client, workload.api, body)
             if on_done:
                 on_done()

@@ -157,6 +157,58 @@ def cpu_suite(work: Path, stack: ExitStack, variants: dict[str, dict[str, str]],
     return targets, scenarios
 
 
+def lora_suite(work: Path, stack: ExitStack, gpu: bool = False) -> tuple[Targets, list[Scenario]]:
+    """One engine serving LoRA adapters: base-only load against 4 test-made adapters mixed in
+    one load (every request's adapter differs from its neighbours'), 16 streams each."""
+    from deployments.model_sources import prepare_default_models
+    from tests.e2e.lora_support import RANK, make_adapter
+
+    paths = prepare_default_models(progress=False)
+    chat_dir = Path(next(p for s, p in paths.items() if "smollm2" in s))
+    folder = work / "adapters"
+    names = [f"a{i}" for i in range(4)]
+    for seed, name in enumerate(names, start=1):
+        make_adapter(chat_dir, folder / name, seed=seed)
+
+    def with_adapters(cfg: dict[str, Any]) -> None:
+        chat = next(m for m in cfg["applications"][0]["args"]["models"] if m["name"] == LORA_BASE)
+        chat["adapter_folder"] = str(folder)
+        chat["lora"] = {"max_loras": len(names), "max_lora_rank": RANK}
+        chat["engine_args"]["enable_prefix_caching"] = False
+
+    config = servers.write_config(servers.REPO / ("config.gpu.yaml" if gpu else "config.yaml"), with_adapters,
+                                  work / "stack.yaml")
+    targets = {"B": stack.enter_context(servers.serve_stack(config, 18201, work / "B.log", env=HAPROXY_PORTS(0)))}
+    base = Workload("short chat, base model", "openai", LORA_BASE)
+    mixed = Workload("short chat, 4 adapters mixed", "openai", LORA_BASE, models=tuple(f"{LORA_BASE}:{n}" for n in names))
+    level = 64 if gpu else 16
+    return targets, [Scenario(f"base-{level}", base, level, 2 * level, ["B"]),
+                     Scenario(f"lora-{level}", mixed, level, 2 * level, ["B"])]
+
+
+LORA_BASE = "smollm2:135m"
+
+
+def lora_ratios(rows: list[dict[str, Any]], level: int, idle: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Adapters mixed against the base alone, on the same engine in the same run, and what each
+    costs in CPU per 1,000 tokens per process."""
+    result = {"rows": rows, "idle_cpu_per_s": idle}
+    def across(path: tuple[str, ...]) -> float | None:
+        lora, base = median_of(rows, f"lora-{level}", "B", path), median_of(rows, f"base-{level}", "B", path)
+        return lora / base if lora is not None and base else None
+
+    return [
+        {"figure": f"base model alone: output tokens/s at {level} streams (the engine's speed)",
+         "value": median_of(rows, f"base-{level}", "B", ("output_tokens_per_s",)), "target": "-"},
+        {"figure": f"output tokens/s, 4 adapters mixed / base alone, {level} streams",
+         "value": across(("output_tokens_per_s",)), "target": "-"},
+        {"figure": f"median time to first token, 4 adapters mixed / base alone, {level} streams",
+         "value": across(("ttft_s", "p50")), "target": "-"},
+        *cpu_figures(result, f"base-{level}", ["B"]),
+        *cpu_figures(result, f"lora-{level}", ["B"]),
+    ]
+
+
 # Ray Serve LLM reads a colon in a model id as base:adapter (FACTS.md).
 RAY_LLM_MODEL = "smollm2-135m"
 
@@ -284,7 +336,7 @@ def ratios(suite: str, rows: list[dict[str, Any]], idle: dict[str, dict[str, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", choices=["fake", "cpu", "gpu"])
+    parser.add_argument("suite", choices=["fake", "cpu", "gpu", "lora", "lora-gpu"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", default="", help="comma-separated scenario names to run (default: all)")
@@ -300,14 +352,17 @@ def main(argv: list[str] | None = None) -> None:
         variants = parse_variants(options.variant)
         if options.suite == "fake":
             targets, scenarios = fake_suite(work, stack, variants)
+        elif options.suite.startswith("lora"):
+            targets, scenarios = lora_suite(work, stack, gpu=options.suite == "lora-gpu")
         else:
             targets, scenarios = cpu_suite(work, stack, variants, gpu=options.suite == "gpu", ray_llm=not options.no_ray_llm)
         if options.only:
             scenarios = [s for s in scenarios if s.name in options.only.split(",")]
         idle = measure_idle(targets, options.idle_s)
         rows = run_scenarios(targets, scenarios, options.repeats)
-    result = {"suite": options.suite, "date": stamp, "idle_cpu_per_s": idle, "rows": rows,
-              "ratios": ratios(options.suite, rows, idle)}
+    figures = (lora_ratios(rows, 64 if options.suite == "lora-gpu" else 16, idle) if options.suite.startswith("lora")
+               else ratios(options.suite, rows, idle))
+    result = {"suite": options.suite, "date": stamp, "idle_cpu_per_s": idle, "rows": rows, "ratios": figures}
     (work / "results.json").write_text(json.dumps(result, indent=2))
     report = write_report(result, work)
     print(report)

@@ -14,8 +14,9 @@ from ray.serve import Application
 
 from deployments.config import AppConfig, ConfigError, ModelConfig, parse_app_config
 from deployments.engine_servers import EmbeddingServer, LLMServer
-from deployments.engines.registry import validate_engine_args
+from deployments.engines.registry import engine_lora_modules, validate_engine_args
 from deployments.ingress import Ingress
+from serve_app.core.errors import ServingError
 from serve_app.settings import IngressSettings
 
 
@@ -36,6 +37,7 @@ def validate_config(args: dict[str, Any]) -> AppConfig:
             for err in exc.errors():
                 where = ".".join(str(p) for p in err["loc"])
                 problems.append(f"  - models.{i}.engine_args.{where} ({model.name}): {err['msg']}")
+    problems += adapter_problems(config)
     try:
         IngressSettings(**config.ingress.settings)
     except ValidationError as exc:
@@ -45,6 +47,23 @@ def validate_config(args: dict[str, Any]) -> AppConfig:
     if problems:
         raise ConfigError("invalid application config (config.yaml args):\n" + "\n".join(problems))
     return config
+
+
+def adapter_problems(config: AppConfig) -> list[str]:
+    """Listed adapters whose files are missing, or whose rank or target modules their base
+    cannot take (a hub adapter is checked when it loads)."""
+    problems = []
+    for i, model in enumerate(config.models):
+        catalog = model.adapter_catalog()
+        if catalog is None:
+            continue
+        modules = engine_lora_modules(model.engine, model.engine_args)
+        for j, adapter in enumerate(model.adapters):
+            try:
+                catalog.check(adapter.name, catalog.locate(adapter.name), modules)
+            except ServingError as exc:
+                problems.append(f"  - models.{i}.adapters.{j} ({adapter.name}): {exc.message} (source {adapter.source})")
+    return problems
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -65,8 +84,11 @@ def build_app(args: dict[str, Any]) -> Application:
             "keep_alive": model.scale_to_zero.keep_alive() if model.on_demand else None,
         }
         if model.kind == "generate":
+            catalog = model.adapter_catalog()
             bound = LLMServer.options(name=name, **options).bind(
-                **common, group_interval_s=config.streaming.group_interval_s
+                **common,
+                group_interval_s=config.streaming.group_interval_s,
+                adapters=catalog.model_dump(mode="json") if catalog is not None else None,
             )
         else:
             bound = EmbeddingServer.options(name=name, **options).bind(**common)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deployments.engines.adapters import AdapterCatalog, LoraLimits
 from deployments.model_facts import ModelFacts, describe_source
 from deployments.model_sources import ModelSource
 from serve_app.core.internal_types import ModelCard
@@ -204,6 +205,16 @@ KEEP_ALIVE_POLICY = "deployments.keep_alive_policy:keep_alive_policy"
 DEFAULT_CONTEXT_LENGTH = 2048
 
 
+class AdapterConfig(_Strict):
+    """A LoRA adapter of a generate model: a model of its own to clients, served by the base's
+    replicas with the adapter applied."""
+
+    name: str = Field(min_length=1, description="Its model name, e.g. smollm2-pirate:135m.")
+    aliases: list[str] = Field(default_factory=list)
+    source: ModelSource = Field(description="A PEFT adapter folder: local:, package: or hub: as for models.")
+    capabilities: list[str] | None = Field(default=None, description="Default: the base model's.")
+
+
 class ModelConfig(_Strict):
     """One served model: its names, what it can do, its engine and its deployment."""
 
@@ -229,12 +240,58 @@ class ModelConfig(_Strict):
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     scale_to_zero: ScaleToZeroConfig = Field(default_factory=ScaleToZeroConfig)
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    adapter_folder: str | None = Field(
+        default=None,
+        description="A folder of PEFT adapter folders (a volume in k8s): '<name>:<folder>' serves "
+        "the adapter in '<folder>' without listing it, loaded on first use.",
+    )
+    lora: LoraLimits = Field(default_factory=LoraLimits)
 
     @model_validator(mode="after")
     def _scale_to_zero_needs_min_zero(self) -> ModelConfig:
         if "scale_to_zero" in self.model_fields_set and not self.on_demand:
             raise ValueError("scale_to_zero applies to a model with deployment.autoscaling_config.min_replicas: 0")
         return self
+
+    @model_validator(mode="after")
+    def _adapters_of_generate_models(self) -> ModelConfig:
+        if self.kind != "generate" and self.serves_adapters:
+            raise ValueError("adapters and adapter_folder apply to generate models")
+        if "lora" in self.model_fields_set and not self.serves_adapters:
+            raise ValueError("lora limits apply to a model with adapters or an adapter_folder")
+        return self
+
+    @property
+    def serves_adapters(self) -> bool:
+        """It serves LoRA adapters (listed, or from its folder)."""
+        return bool(self.adapters) or self.adapter_folder is not None
+
+    def adapter_catalog(self) -> AdapterCatalog | None:
+        """What its replicas need to find and check its adapters; ``None`` without adapters."""
+        if not self.serves_adapters:
+            return None
+        return AdapterCatalog(
+            base=self.name, limits=self.lora, listed={a.name: a.source for a in self.adapters}, folder=self.adapter_folder
+        )
+
+    def adapter_cards(self, base: ModelCard) -> list[ModelCard]:
+        """A card per listed adapter: the base's, renamed, with its own aliases and capabilities."""
+        return [
+            base.model_copy(
+                update={
+                    "name": adapter.name,
+                    "aliases": adapter.aliases,
+                    "capabilities": adapter.capabilities if adapter.capabilities is not None else base.capabilities,
+                    "base_model": base.name,
+                    "loads_unlisted_adapters": False,
+                    "digest": None,
+                    "size_bytes": 0,
+                    "size_vram_bytes": 0,
+                }
+            )
+            for adapter in self.adapters
+        ]
 
     @property
     def on_demand(self) -> bool:
@@ -303,6 +360,7 @@ class ModelConfig(_Strict):
             parameter_size=self.parameter_size,
             quantization_level=self.quantization_level,
             format=self.format,
+            loads_unlisted_adapters=self.adapter_folder is not None,
         )
 
     def engine_args_for(self, card: ModelCard) -> dict[str, Any]:
@@ -364,12 +422,22 @@ class AppConfig(_Strict):
     retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After sent with 429/503.")
 
     def cards(self) -> dict[str, ModelCard]:
-        """Every model's card, with what its own files say (context length, size, digest)."""
-        return {model.name: model.card(model.facts()) for model in self.models}
+        """Every model's card, with what its own files say (context length, size, digest), and
+        after each base model its listed adapters' cards."""
+        cards: dict[str, ModelCard] = {}
+        for model in self.models:
+            base = cards[model.name] = model.card(model.facts())
+            cards.update((card.name, card) for card in model.adapter_cards(base))
+        return cards
 
     @model_validator(mode="after")
     def _names_unique(self) -> AppConfig:
-        ModelResolver(m.card() for m in self.models)  # raises on a name claimed twice
+        cards = [card for m in self.models for base in (m.card(),) for card in (base, *m.adapter_cards(base))]
+        names = [card.name for card in cards]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"model names claimed by both a model and an adapter, or twice: {', '.join(twice)}")
+        ModelResolver(cards)  # raises on a spelling (alias, case, :latest) claimed twice
         return self
 
 

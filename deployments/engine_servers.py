@@ -15,6 +15,7 @@ from typing import Any
 from ray import serve
 
 from deployments.chunk_grouping import group_chunks
+from deployments.engines.adapters import AdapterCache, AdapterCatalog
 from deployments.engines.registry import build_engine
 from deployments.keep_alive import NEVER, KeepAlive
 from deployments.keep_alive_policy import KEEP_ALIVE_METRIC
@@ -38,9 +39,11 @@ class _EngineReplica:
         engine_kind: str,
         engine_args: dict[str, Any],
         keep_alive: dict[str, Any] | None = None,
+        adapters: dict[str, Any] | None = None,
     ) -> None:
         self.card = ModelCard.model_validate(card)
-        self.engine = build_engine(engine_kind, self.card, engine_args)
+        catalog = AdapterCatalog.model_validate(adapters) if adapters is not None else None
+        self.engine = build_engine(engine_kind, self.card, engine_args, catalog)
         await self.engine.start()
         # A model that scales to zero: idle until this deadline, then Serve may unload it.
         self._keep_alive = KeepAlive(**keep_alive) if keep_alive is not None else None
@@ -73,13 +76,17 @@ class _EngineReplica:
 
     async def engine_stats(self) -> dict[str, Any]:
         """Counters the engine keeps (the fake engine's starts, aborts, in-flight requests)."""
-        stats: dict[str, Any] = {}
+        stats: dict[str, Any] = {"replica": serve.get_replica_context().replica_id.unique_id}
         for name in ("starts", "completed", "tokens_generated", "requests_submitted"):
             if hasattr(self.engine, name):
                 stats[name] = getattr(self.engine, name)
         for name in ("aborted", "in_flight"):
             if hasattr(self.engine, name):
                 stats[name] = sorted(getattr(self.engine, name))
+        cache = getattr(self.engine, "adapters", None)
+        if isinstance(cache, AdapterCache):
+            stats["adapters_held"] = cache.held()
+            stats["adapter_loads"] = cache.loads
         unfinished = getattr(self.engine, "num_unfinished_requests", None)
         if callable(unfinished):
             stats["unfinished_requests"] = unfinished()
@@ -106,9 +113,28 @@ class LLMServer(_EngineReplica):
         engine_args: dict[str, Any],
         group_interval_s: float = 0.01,
         keep_alive: dict[str, Any] | None = None,
+        adapters: dict[str, Any] | None = None,
     ) -> None:
-        await super().__init__(card, engine_kind, engine_args, keep_alive)
+        await super().__init__(card, engine_kind, engine_args, keep_alive, adapters)
         self.group_interval_s = group_interval_s
+        if adapters is not None:
+            # Serve's model multiplexing: the adapters this replica holds are reported to the
+            # model's router, which sends an adapter's requests to a replica holding it. Its
+            # LRU has the engine's capacity and sees the same requests in the same order, so
+            # both evict alike; the engine does the loading and unloading.
+            engine = self.engine
+
+            async def hold_adapter(name: str) -> str:
+                await engine.load_adapter(name)
+                return name
+
+            capacity = AdapterCatalog.model_validate(adapters).limits.capacity
+            self._hold_adapter = serve.multiplexed(max_num_models_per_replica=capacity)(hold_adapter)
+
+    async def _adapter_of(self, request: GenerationRequest) -> None:
+        """Load the request's adapter (Serve notes it as held here) before the engine runs it."""
+        if request.base_model is not None and hasattr(self, "_hold_adapter"):
+            await self._hold_adapter(request.model)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         """Stream the generation as batches of chunks (first chunk at once).
@@ -119,6 +145,7 @@ class LLMServer(_EngineReplica):
         queued_s = None if request.submitted_at is None else max(time.time() - request.submitted_at, 0.0)
         first = True
         try:
+            await self._adapter_of(request)
             async for batch in group_chunks(self.engine.generate(request), self.group_interval_s):
                 if first and batch:
                     batch[0].queued_s = queued_s
@@ -130,6 +157,7 @@ class LLMServer(_EngineReplica):
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The prompt's tokens under this model's chat template (Anthropic's count_tokens)."""
         try:
+            await self._adapter_of(request)
             return await self.engine.count_tokens(request)
         finally:
             self._touch(request.keep_alive_s)

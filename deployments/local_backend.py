@@ -58,7 +58,8 @@ class LocalBackend:
         ]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
-        stream = self._engine(request.model).generate(request)
+        # An adapter's request goes to its base model's engine, which applies the adapter.
+        stream = self._engine(request.base_model or request.model).generate(request)
         first = True
         try:
             async for chunk in stream:
@@ -73,7 +74,7 @@ class LocalBackend:
         return await self._engine(request.model).embed(request)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
-        return await self._engine(request.model).count_tokens(request)
+        return await self._engine(request.base_model or request.model).count_tokens(request)
 
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """In-process engines are loaded at start and never unloaded."""

@@ -32,7 +32,10 @@ def build_local_app(args: dict[str, Any]) -> tuple[FastAPI, LocalBackend]:
     """The ingress app over in-process engines for ``args`` (engines not started yet)."""
     config = validate_config(args)
     cards = config.cards()
-    engines = {m.name: build_engine(m.engine, cards[m.name], m.engine_args_for(cards[m.name])) for m in config.models}
+    engines = {
+        m.name: build_engine(m.engine, cards[m.name], m.engine_args_for(cards[m.name]), m.adapter_catalog())
+        for m in config.models
+    }
     backend = LocalBackend(engines)
     return create_app(backend, list(cards.values()), IngressSettings(**config.ingress.settings)), backend
 

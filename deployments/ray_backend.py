@@ -61,6 +61,8 @@ EMBED_BATCH_MAX_INPUTS = 256
 # How long a request waits for the Serve controller's view of the models before it is served
 # from the last one known (see RayBackend.list_models).
 STATUS_WAIT_S = 2.0
+# Streaming handles tagged with an adapter id kept for reuse (adapters from a folder are many).
+_MAX_ADAPTER_HANDLES = 1024
 EMBED_REPLY_BUDGET_BYTES = 1024 * 1024
 
 
@@ -80,6 +82,7 @@ class RayBackend:
     ) -> None:
         self._stream_handles = {name: h.options(stream=True) for name, h in handles.items()}
         self._handles = dict(handles)
+        self._adapter_handles: dict[str, DeploymentHandle] = {}
         self._cards = {c.name: c for c in cards}
         self._deployment_names = dict(deployment_names)
         self._app_name = app_name
@@ -150,14 +153,27 @@ class RayBackend:
                 headers={"retry-after": self._retry_after},
             )
 
+    def _adapter_handle(self, handle: DeploymentHandle, adapter: str) -> DeploymentHandle:
+        """The base's streaming handle tagged with ``adapter`` as Serve's multiplexed model id,
+        so Serve routes it to a replica that already holds the adapter when one does."""
+        tagged = self._adapter_handles.get(adapter)
+        if tagged is None:
+            if len(self._adapter_handles) >= _MAX_ADAPTER_HANDLES:
+                self._adapter_handles.pop(next(iter(self._adapter_handles)))
+            tagged = self._adapter_handles[adapter] = handle.options(multiplexed_model_id=adapter)
+        return tagged
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
-        handle = self._stream_handles.get(request.model)
+        model = request.base_model or request.model
+        handle = self._stream_handles.get(model)
         if handle is None:
             raise ModelNotFound(request.model)
-        await self._refuse_if_failed(request.model)
+        if request.base_model is not None:
+            handle = self._adapter_handle(handle, request.model)
+        await self._refuse_if_failed(model)
         responses = None
         started = finished = False
-        gate = self._gate(request.model)
+        gate = self._gate(model)
         try:
             if gate is not None:
                 async with gate.admitted():
@@ -180,8 +196,8 @@ class RayBackend:
                 raise
             raise translated from exc
         finally:
-            if request.model in self._gates and started:
-                self._gates[request.model].note_finished(request.keep_alive_s)
+            if model in self._gates and started:
+                self._gates[model].note_finished(request.keep_alive_s)
             if responses is not None and not finished:
                 # The caller stopped reading (disconnect, deadline, error): cancel the replica's
                 # generator, which aborts the request in the engine. Cancelling a request Serve
@@ -204,12 +220,17 @@ class RayBackend:
                 raise
             raise translated from exc
 
-    async def _request(self, model: str, keep_alive_s: float | None, method: str, request: Any) -> Any:
-        """One unary request to ``model``'s replicas (``method`` of its deployment); for a model
-        that scales to zero it restarts the idle clock, as a generation does."""
+    async def _request(
+        self, model: str, keep_alive_s: float | None, method: str, request: Any, adapter: str | None = None
+    ) -> Any:
+        """One unary request to ``model``'s replicas (``method`` of its deployment), for
+        ``adapter`` of it when given; for a model that scales to zero it restarts the idle
+        clock, as a generation does."""
         handle = self._handles.get(model)
         if handle is None:
-            raise ModelNotFound(model)
+            raise ModelNotFound(adapter or model)
+        if adapter is not None:
+            handle = handle.options(multiplexed_model_id=adapter)
         await self._refuse_if_failed(model)
         result = await self._call(model, lambda: getattr(handle, method).remote(request))
         if model in self._gates:
@@ -245,7 +266,11 @@ class RayBackend:
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The model's replica renders the prompt (a cold on-demand model loads for it, as for
         a generation)."""
-        return int(await self._request(request.model, request.keep_alive_s, "count_tokens", request))
+        if request.base_model is None:
+            return int(await self._request(request.model, request.keep_alive_s, "count_tokens", request))
+        return int(
+            await self._request(request.base_model, request.keep_alive_s, "count_tokens", request, adapter=request.model)
+        )
 
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """Load an on-demand model (through its gate) or, with ``keep_alive_s`` 0, let it unload.
@@ -308,6 +333,8 @@ class RayBackend:
         statuses = []
         deploy_failed = {}
         for name, card in self._cards.items():
+            if card.base_model is not None:
+                continue  # an adapter: listed with its base's state by the gateway
             overview = deployments.get(self._deployment_names[name])
             if overview is None:
                 statuses.append(ModelStatus(card=card, state="starting", replicas=0, on_demand=name in self._gates))

@@ -167,7 +167,15 @@ class CacheAwareRouter(ReplicaStatsMixin, RequestRouter):
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
-        """Every candidate, one per rank, best first: Serve tries them in this order."""
+        """Every candidate, one per rank, best first: Serve tries them in this order.
+
+        A request for a LoRA adapter (Serve's multiplexed model id) is ranked among the
+        replicas Serve's multiplex rules offer: those holding the adapter first, then those
+        holding the fewest, then all.
+        """
+        if pending_request is not None and pending_request.metadata.multiplexed_model_id:
+            holders = self.apply_multiplex_routing(pending_request)
+            candidate_replicas = [r for r in candidate_replicas if r.replica_id in holders] or candidate_replicas
         hashes = self._request_hashes(pending_request)
         loads = []
         by_id = {}

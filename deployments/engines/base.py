@@ -45,6 +45,17 @@ class Engine(Protocol):
         without generating; the same errors as ``generate`` for a request it cannot take."""
         ...
 
+    async def load_adapter(self, name: str) -> None:
+        """Hold LoRA adapter ``name`` of this model, loading it once however many requests ask
+        (evicting the least recently used beyond the limit); a request whose ``base_model`` is
+        set loads its adapter this way. 404 for an adapter this model does not have; 400
+        (``AdapterLoadFailed``) for one it cannot take."""
+        ...
+
+    async def unload_adapter(self, name: str) -> None:
+        """Let adapter ``name`` go (a no-op when it is not held)."""
+        ...
+
     async def abort(self, request_id: str) -> None:
         """Stop generating for ``request_id``; a no-op when it already finished."""
         ...

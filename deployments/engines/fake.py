@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from deployments.engines.adapters import AdapterCache, AdapterCatalog
 from deployments.engines.context_fit import fit_messages, fitted_max_tokens, output_reserve
 from serve_app.core.errors import ContextLengthExceeded, EngineError, InvalidRequest
 from serve_app.core.internal_types import (
@@ -51,6 +52,10 @@ class FakeEngineConfig(BaseModel):
     prefix_cache_tokens: int = 0
     cache_block_tokens: int = 16
     prefill_s_per_token: float = 0.0
+    # LoRA adapters: loading one takes this long; the base has these modules (what an
+    # adapter's target_modules may name, as a Llama model's attention and MLP projections).
+    adapter_load_s: float = 0.0
+    lora_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def count_words(text: str) -> int:
@@ -123,9 +128,15 @@ class FakePrefixCache:
 class FakeEngine:
     """Implements :class:`deployments.engines.base.Engine` deterministically."""
 
-    def __init__(self, card: ModelCard, config: FakeEngineConfig | None = None) -> None:
+    def __init__(
+        self, card: ModelCard, config: FakeEngineConfig | None = None, adapters: AdapterCatalog | None = None
+    ) -> None:
         self.card = card
         self.config = config or FakeEngineConfig()
+        self.catalog = adapters
+        self.adapters = AdapterCache(
+            adapters.limits.capacity if adapters else 1, self._load_adapter, self._unload_adapter
+        )
         self.starts = 0
         self.aborted: list[str] = []
         self.in_flight: set[str] = set()
@@ -156,6 +167,27 @@ class FakeEngine:
         if request_id in self.in_flight:
             self.in_flight.discard(request_id)
             self.aborted.append(request_id)
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    async def load_adapter(self, name: str) -> None:
+        """Hold adapter ``name`` (loading it once however many ask): as vLLM's ``add_lora``."""
+        await self.adapters.get(name)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self.adapters.evict(name)
+
+    async def _load_adapter(self, name: str) -> str:
+        if self.catalog is None:
+            raise InvalidRequest(f"model '{self.card.name}' serves no adapters", param="model")
+        location = self.catalog.locate(name)
+        self.catalog.check(name, location, frozenset(self.config.lora_modules))
+        if self.config.adapter_load_s:
+            await asyncio.sleep(self.config.adapter_load_s)
+        return location
+
+    async def _unload_adapter(self, name: str) -> None:
+        return None
 
     # -- generation -------------------------------------------------------------------------
 
@@ -234,7 +266,9 @@ class FakeEngine:
             count = self.config.output_tokens
             if request.sampling.ignore_eos and request.sampling.max_tokens:
                 count = request.sampling.max_tokens  # no natural end: exactly max_tokens
-            return [f"tok{i} " for i in range(count)]
+            # An adapter changes the answer, as a fine-tune does: its tokens carry its name.
+            tag = f"{_adapter_tag(request.model, request.base_model)}-" if request.base_model else ""
+            return [f"{tag}tok{i} " for i in range(count)]
         # Structured answers stream a few characters per token, like a real tokenizer.
         return [text[i : i + 4] for i in range(0, len(text), 4)]
 
@@ -321,6 +355,8 @@ class FakeEngine:
         if self.card.kind != "generate":
             raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
         await self.check_health()
+        if request.base_model is not None:
+            await self.load_adapter(request.model)
         self.recent_requests.append(request)
         request, prompt_tokens = await self._fit(request)
         self._check_context(request, prompt_tokens)
@@ -363,6 +399,8 @@ class FakeEngine:
         if self.card.kind != "generate":
             raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
         await self.check_health()
+        if request.base_model is not None:
+            await self.load_adapter(request.model)
         self.recent_requests.append(request)
         return self.prompt_tokens(request)
 
@@ -385,6 +423,12 @@ class FakeEngine:
             token_counts.append(min(count, limit))
         dims = request.dimensions or self.card.embedding_dimensions or 384
         return EmbeddingResult(vectors=[_unit_vector(t, dims) for t in texts], prompt_tokens=sum(token_counts))
+
+
+def _adapter_tag(adapter: str, base: str) -> str:
+    """A short name for an adapter's answers: ``sailor`` for ``base:sailor``, else the name
+    before its tag (``smollm2-pirate`` for ``smollm2-pirate:135m``)."""
+    return adapter[len(base) + 1 :] if adapter.startswith(f"{base}:") else adapter.split(":")[0]
 
 
 def _unit_vector(text: str, dims: int) -> list[float]:

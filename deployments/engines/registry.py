@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from deployments.engines.adapters import AdapterCatalog
 from deployments.engines.base import Engine
 from serve_app.core.internal_types import ModelCard
 
@@ -29,15 +30,25 @@ def validate_engine_args(kind: str, model_kind: str, args: dict[str, Any]) -> Ba
     return engine_config_model(kind, model_kind).model_validate(args)
 
 
-def build_engine(kind: str, card: ModelCard, args: dict[str, Any]) -> Engine:
-    """A not-yet-started engine for ``card``."""
+def engine_lora_modules(kind: str, args: dict[str, Any]) -> frozenset[str] | None:
+    """The base model's module names an adapter may target, where known before it starts (the
+    fake engine's; vLLM checks an adapter's modules against the model when it loads it)."""
+    if kind != "fake":
+        return None
+    from deployments.engines.fake import FakeEngineConfig
+
+    return frozenset(FakeEngineConfig.model_validate(args).lora_modules)
+
+
+def build_engine(kind: str, card: ModelCard, args: dict[str, Any], adapters: AdapterCatalog | None = None) -> Engine:
+    """A not-yet-started engine for ``card`` (serving ``adapters`` of it when given)."""
     config = validate_engine_args(kind, card.kind, args)
     if kind == "fake":
         from deployments.engines.fake import FakeEngine
 
-        return FakeEngine(card, config)  # type: ignore[arg-type]
+        return FakeEngine(card, config, adapters)  # type: ignore[arg-type]
     from deployments.engines import vllm_engine
 
     if card.kind == "embed":
         return vllm_engine.VLLMEmbeddingEngine(card, config)  # type: ignore[arg-type]
-    return vllm_engine.VLLMEngine(card, config)  # type: ignore[arg-type]
+    return vllm_engine.VLLMEngine(card, config, adapters)  # type: ignore[arg-type]

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from deployments.engines.adapters import AdapterCache, AdapterCatalog
+from deployments.engines.vllm_adapters import VLLMAdapters
 from deployments.engines.vllm_config import VLLMEngineConfig
 from deployments.engines.vllm_errors import translate_vllm_error
 from deployments.engines.vllm_outputs import ChoiceState, output_chunk
@@ -93,7 +95,7 @@ class _LazyStart:
         model = await asyncio.to_thread(resolve_model_source, self.config.source, self.config.model_cache_dir)
         started = time.monotonic()
         served = self.config.served_model_name or self.card.name
-        args = AsyncEngineArgs(**self.config.engine_args(model, served, runner=self._runner))
+        args = AsyncEngineArgs(**self.config.engine_args(model, served, runner=self._runner), **self._lora_args())
         loggers = [_prefix_cache_logger_factory(self.prefix_cache)] if self._runner == "generate" else None
         try:
             engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
@@ -111,6 +113,10 @@ class _LazyStart:
             )
         logger.info("model %s: vLLM engine started in %.1f s", self.card.name, self.start_seconds)
         return engine
+
+    def _lora_args(self) -> dict[str, Any]:
+        """vLLM's LoRA arguments when this engine serves adapters (none by default)."""
+        return {}
 
     @property
     def context_length(self) -> int:
@@ -182,14 +188,19 @@ def _prefix_cache_logger_factory(counters: PrefixCacheCounters) -> Any:
 # -- generation ------------------------------------------------------------------------------
 
 
-class VLLMEngine(_LazyStart):
+class VLLMEngine(VLLMAdapters, _LazyStart):
     """Implements :class:`deployments.engines.base.Engine` over vLLM's ``AsyncLLM``."""
 
     _runner: Literal["generate", "pooling"] = "generate"
 
-    def __init__(self, card: ModelCard, config: VLLMEngineConfig) -> None:
+    def __init__(self, card: ModelCard, config: VLLMEngineConfig, adapters: AdapterCatalog | None = None) -> None:
         self.card = card
         self.config = config
+        self.catalog = adapters
+        # vLLM keeps the same LRU of adapters (max_cpu_loras); this one loads each once and
+        # says which are held (Serve's multiplexing reads it too).
+        self.adapters = AdapterCache(adapters.limits.capacity if adapters else 1, self._add_lora, self._remove_lora)
+        self._lora_ids: dict[str, int] = {}
         self._engine: AsyncLLM | None = None
         self._renderer: Any = None  # vllm OnlineRenderer
         self._default_sampling: dict[str, Any] = {}
@@ -289,6 +300,8 @@ class VLLMEngine(_LazyStart):
         await self.check_health()
         if request.kind != "chat":
             raise InvalidRequest("token counts are for chat requests", param="messages")
+        if request.base_model is not None:
+            await self.adapters.get(request.model)  # an adapter that cannot load is refused here too
         limit = self._limit(request)
         try:
             return await count_chat_tokens(request, self._target(), limit)
@@ -304,6 +317,7 @@ class VLLMEngine(_LazyStart):
             raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
         await self.check_health()
         engine = self._require_engine()
+        lora = await self.adapters.get(request.model) if request.base_model is not None else None
         prepared = await self._prepare(request)  # raises before the engine sees the request
         rid = request.request_id
         top_n = request.sampling.top_logprobs or 0
@@ -311,7 +325,9 @@ class VLLMEngine(_LazyStart):
             ChoiceState(parser=prepared.parser_factory() if prepared.parser_factory else None)
             for _ in range(request.sampling.n)
         ]
-        stream = engine.generate(prepared.engine_input, prepared.sampling_params, rid, **prepared.generate_kwargs)
+        stream = engine.generate(
+            prepared.engine_input, prepared.sampling_params, rid, lora_request=lora, **prepared.generate_kwargs
+        )
         self.requests_submitted += 1
         finished = False
         limit = self._limit(request)
@@ -402,6 +418,12 @@ class VLLMEmbeddingEngine(_LazyStart):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")
+
+    async def load_adapter(self, name: str) -> None:
+        raise InvalidRequest(f"model '{self.card.name}' serves no adapters", param="model")
+
+    async def unload_adapter(self, name: str) -> None:
+        return None
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")

@@ -58,7 +58,22 @@ class Gateway:
             if not observer.may_use(name):
                 raise ModelNotFound(requested_model or "")
             observer.note_model(name)
-        return self.cards[name]
+        card = self.cards.get(name)
+        return card if card is not None else self._unlisted_adapter_card(name)
+
+    def _unlisted_adapter_card(self, name: str) -> ModelCard:
+        """The card of ``<base>:<adapter>`` from an adapter folder: the base's, renamed."""
+        base = self.resolver.unlisted_adapter_base(name)
+        if base is None:
+            raise ModelNotFound(name)
+        return self.cards[base].model_copy(
+            update={"name": name, "aliases": [], "base_model": base, "loads_unlisted_adapters": False, "digest": None}
+        )
+
+    def _route_to_base(self, request: GenerationRequest) -> None:
+        """A request for an adapter goes to its base model's replicas."""
+        card = self.cards.get(request.model)
+        request.base_model = card.base_model if card is not None else self.resolver.unlisted_adapter_base(request.model)
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -116,6 +131,7 @@ class Gateway:
     def start_generation(self, request: GenerationRequest) -> AsyncIterator[Batch]:
         """The backend's stream under our generation deadline, observed for the request's metrics."""
         self.limits.check_generation(request)
+        self._route_to_base(request)
         request.submitted_at = time.time()
         stream = with_deadline(self.backend.generate(request), self.request_deadline_s)
         observer = current_observer()
@@ -126,6 +142,7 @@ class Gateway:
         generation (a request the model cannot serve is refused here too)."""
         self.check_generation_supported(card, request)
         self.limits.check_generation(request)
+        self._route_to_base(request)
         try:
             async with asyncio.timeout(self.request_deadline_s):
                 return await self.backend.count_tokens(request)
@@ -161,8 +178,23 @@ class Gateway:
 
     async def model_statuses(self) -> list[ModelStatus]:
         """Every configured model with its state (those the request's key may use)."""
-        statuses = await self.backend.list_models()
+        statuses = self._with_adapters(await self.backend.list_models())
         observer = current_observer()
         if observer is not None:
             statuses = [s for s in statuses if observer.may_use(s.card.name)]
         return statuses
+
+    def _with_adapters(self, statuses: list[ModelStatus]) -> list[ModelStatus]:
+        """The backend's statuses (base models) and, after each base, its listed adapters in
+        the same state: they are served by the base's replicas."""
+        adapters: dict[str, list[ModelCard]] = {}
+        for card in self.cards.values():
+            if card.base_model is not None:
+                adapters.setdefault(card.base_model, []).append(card)
+        if not adapters:
+            return statuses
+        listed: list[ModelStatus] = []
+        for status in statuses:
+            listed.append(status)
+            listed.extend(status.model_copy(update={"card": card}) for card in adapters.get(status.card.name, ()))
+        return listed

@@ -157,6 +157,9 @@ class GenerationRequest(_Strict):
     user: str | None = None
     submitted_at: float | None = None  # wall clock when the ingress handed it on (queue wait)
     keep_alive_s: float | None = None  # Ollama keep_alive: idle seconds before unloading; <0 never
+    # ``model`` is a LoRA adapter of this base model (set by the gateway): the base's replicas
+    # serve it, with the adapter applied. None: ``model`` is a base model.
+    base_model: str | None = None
 
     def has_images(self) -> bool:
         """Whether any message carries an image."""
@@ -269,6 +272,11 @@ class ModelCard(_Strict):
     digest: str | None = None  # sha256 hex of the model's files; one value everywhere it is shown
     owned_by: str = "serving-cluster"
     created: int = Field(default_factory=lambda: int(time.time()))
+    # A LoRA adapter: the base model whose replicas serve it (None for a base model).
+    base_model: str | None = None
+    # A base model with an adapter folder: ``<name>:<adapter>`` names an adapter of it that is
+    # not listed in the config, loaded from the folder on first use.
+    loads_unlisted_adapters: bool = False
 
 
 class ModelStatus(_Strict):

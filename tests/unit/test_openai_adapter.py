@@ -335,7 +335,12 @@ def test_model_object_golden() -> None:
     card = ModelCard(name="smollm2:135m", created=1700000000, owned_by="me")
     assert adapter.model_object(ModelStatus(card=card, state="starting", replicas=0)) == {
         "id": "smollm2:135m", "object": "model", "created": 1700000000, "owned_by": "me", "state": "starting",
+        "root": "smollm2:135m", "parent": None,
     }
+    # A LoRA adapter, as vLLM lists one: its base is its parent and root.
+    lora = card.model_copy(update={"name": "smollm2-pirate:135m", "base_model": "smollm2:135m"})
+    body = adapter.model_object(ModelStatus(card=lora))
+    assert (body["id"], body["root"], body["parent"]) == ("smollm2-pirate:135m", "smollm2:135m", "smollm2:135m")
 
 
 def test_usage_dict() -> None:

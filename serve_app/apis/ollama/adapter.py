@@ -341,7 +341,7 @@ def digest_of(card: ModelCard) -> str:
 def details(card: ModelCard) -> dict[str, Any]:
     """Ollama's ``details`` object."""
     return {
-        "parent_model": "",
+        "parent_model": card.base_model or "",
         "format": card.format,
         "family": card.family,
         "families": [card.family] if card.family else None,
@@ -390,6 +390,14 @@ def ps_entry(status: ModelStatus) -> dict[str, Any]:
     }
 
 
+def modelfile(card: ModelCard) -> str:
+    """The model as a Modelfile would make it: a base, or a base with its LoRA adapter."""
+    header = "# Served by the LLM serving cluster; models are managed in config.yaml.\n"
+    if card.base_model is None:
+        return f"{header}FROM {card.name}\n"
+    return f"{header}FROM {card.base_model}\nADAPTER {card.name}\n"
+
+
 def show_body(card: ModelCard) -> dict[str, Any]:
     """``/api/show`` for a configured model."""
     arch = card.family or "unknown"
@@ -398,7 +406,7 @@ def show_body(card: ModelCard) -> dict[str, Any]:
         info[f"{arch}.embedding_length"] = card.embedding_dimensions
     return {
         "license": "",
-        "modelfile": f"# Served by the LLM serving cluster; models are managed in config.yaml.\nFROM {card.name}\n",
+        "modelfile": modelfile(card),
         "parameters": "",
         "template": "",
         "details": details(card),

@@ -480,4 +480,6 @@ def model_object(status: ModelStatus) -> dict[str, Any]:
         "created": status.card.created,
         "owned_by": status.card.owned_by,
         "state": status.state,
+        "root": status.card.base_model or status.card.name,
+        "parent": status.card.base_model,
     }

@@ -317,6 +317,9 @@ class ModelObject(BaseModel):
     created: int
     owned_by: str
     state: str | None = None
+    # As vLLM lists them: the base model a LoRA adapter runs on (``parent`` null for a base).
+    root: str | None = None
+    parent: str | None = None
 
 
 class ModelList(BaseModel):
