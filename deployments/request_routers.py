@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter
-from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+from ray.serve.request_router import MultiplexMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from deployments import routing_metrics
 from deployments.prefix_index import (
@@ -92,7 +92,7 @@ class ReplicaStatsMixin:
         return {}
 
 
-class CacheAwareRouter(ReplicaStatsMixin, RequestRouter):
+class CacheAwareRouter(ReplicaStatsMixin, MultiplexMixin, RequestRouter):
     """Prefix affinity and load scored together (see ``deployments.prefix_index``)."""
 
     def initialize_state(

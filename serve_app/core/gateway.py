@@ -174,7 +174,10 @@ class Gateway:
     async def load(self, model: str, keep_alive_s: float | None) -> float | None:
         """Load ``model`` (or, with ``keep_alive_s`` 0, unload it); when it unloads if idle."""
         await self.require_ready(model)
-        return await self.backend.load(model, keep_alive_s)
+        # An adapter is loaded with its base (its own load happens on its first generation).
+        card = self.cards.get(model)
+        base = card.base_model if card is not None else self.resolver.unlisted_adapter_base(model)
+        return await self.backend.load(base or model, keep_alive_s)
 
     async def model_statuses(self) -> list[ModelStatus]:
         """Every configured model with its state (those the request's key may use)."""

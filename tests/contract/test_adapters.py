@@ -103,6 +103,8 @@ def test_each_adapter_answers_as_itself_on_every_api(served: tuple[str, FakeEngi
     base, pirate, poet = answer(url, BASE), answer(url, PIRATE), answer(url, POET)
     assert base.startswith("tok0") and pirate.startswith("smollm2-pirate-tok0") and poet.startswith("smollm2-poet-tok0")
     assert answer(url, "pirate") == pirate  # its alias
+    loaded = ollama.Client(host=url).generate(model=PIRATE)  # Ollama's load: no prompt
+    assert loaded.done_reason == "load" and loaded.model == PIRATE
     generated = ollama.Client(host=url).generate(model=PIRATE, prompt="hi", options={"num_predict": 2})
     assert generated.response.startswith("smollm2-pirate-tok0") and generated.model == PIRATE
     chat = ollama.Client(host=url).chat(model=POET, messages=USER, options={"num_predict": 2})

@@ -22,7 +22,8 @@ from tests.integration.harness import deployed, model_deployment
 pytestmark = pytest.mark.ray
 
 ONE = "lora-one:1"  # one replica: loads, capacity, failures
-TWO = "lora-two:1"  # two replicas: routing to the holder
+TWO = "lora-two:1"  # two replicas, Serve's power of two choices: routing to the holder
+THREE = "lora-three:1"  # two replicas, the cache-aware router
 USER = [{"role": "user", "content": "Say hi."}]
 
 
@@ -46,7 +47,7 @@ def _args(adapters: Path) -> dict[str, Any]:
         }
 
     return {
-        "models": [model(ONE, 1, "cache_aware"), model(TWO, 2, "cache_aware")],
+        "models": [model(ONE, 1, "cache_aware"), model(TWO, 2, "serve_default"), model(THREE, 2, "cache_aware")],
         "ingress": {"deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
     }
 
@@ -64,7 +65,7 @@ def _stats(args: dict[str, Any], model: str) -> list[dict[str, Any]]:
     stats: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + 30
     # Serve picks a replica per call: call until every replica has answered.
-    replicas = 2 if model == TWO else 1
+    replicas = 1 if model == ONE else 2
     while len(stats) < replicas and time.monotonic() < deadline:
         one = handle.engine_stats.remote().result(timeout_s=30)
         stats[one["replica"]] = one
@@ -128,6 +129,8 @@ def test_a_failing_adapter_is_a_400_naming_it_and_the_base_serves_on(stack: tupl
 
 
 def test_an_adapters_requests_go_to_the_replica_holding_it(stack: tuple[str, dict[str, Any]]) -> None:
+    """On Serve's random router, 12 requests for two adapters would reach both replicas (and
+    load each adapter twice) but for the multiplexed model id each carries."""
     url, args = stack
 
     async def main() -> None:
@@ -147,3 +150,18 @@ def test_an_adapters_requests_go_to_the_replica_holding_it(stack: tuple[str, dic
     stats = _stats(args, TWO)
     assert sum(s["adapter_loads"] for s in stats) == 2, stats  # each adapter loaded once, on one replica
     assert sorted(a for s in stats for a in s["adapters_held"]) == [f"{TWO}:a", f"{TWO}:b"]
+
+
+def test_the_cache_aware_router_ranks_among_the_replicas_holding_the_adapter(stack: tuple[str, dict[str, Any]]) -> None:
+    url, args = stack
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            first = await _chat(client, f"{THREE}:c", "first")
+            await asyncio.sleep(2)  # the holder's report reaches the router
+            return [first, *await asyncio.gather(*(_chat(client, f"{THREE}:c", f"{i} " * (i + 1)) for i in range(8)))]
+
+    replies = asyncio.run(main())
+    assert [r.status_code for r in replies] == [200] * 9
+    assert all(r.json()["choices"][0]["message"]["content"].startswith("c-tok0") for r in replies)
+    assert sum(s["adapter_loads"] for s in _stats(args, THREE)) == 1
