@@ -13,10 +13,8 @@ import asyncio
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,8 @@ import openai
 import pytest
 import yaml
 
+from benchmarks.process_group import process_group
+from benchmarks.servers import wait_ready
 from tests.e2e.lora_support import MAX_TOKENS, make_adapter
 from tests.e2e.stack_support import CHAT, REPO, app_config, chat_model_folder
 from tests.servers import free_port
@@ -81,29 +81,12 @@ def url(adapters: dict[str, Path], offline: dict[str, str], tmp_path_factory: py
     config = tmp_path_factory.mktemp("config") / "serve.yaml"
     config.write_text(yaml.safe_dump({"applications": [{"args": {"models": [model]}}]}))
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen([sys.executable, "-m", "deployments.local_server", "--config", str(config), "--port", str(port)],
-                              cwd=REPO, env=env, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert server.poll() is None, "the local server exited"
-            assert time.monotonic() < deadline, "the local server did not start"
-            try:
-                if httpx.get(f"{base_url}/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "deployments.local_server", "--config", str(config), "--port", str(port)]
+    with process_group(cmd, config.with_name("server.log"), env, cwd=REPO) as server:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url, 600, server)
         yield base_url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def _complete(url: str, model: str) -> str:
