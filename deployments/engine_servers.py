@@ -154,6 +154,10 @@ class LLMServer(_EngineReplica):
         finally:
             self._touch(request.keep_alive_s)
 
+    async def find_adapter(self, name: str) -> None:
+        """404 unless this model has adapter ``name``; loads nothing."""
+        await self.engine.find_adapter(name)
+
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The prompt's tokens under this model's chat template (Anthropic's count_tokens)."""
         try:

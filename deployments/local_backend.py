@@ -76,6 +76,9 @@ class LocalBackend:
     async def count_tokens(self, request: GenerationRequest) -> int:
         return await self._engine(request.base_model or request.model).count_tokens(request)
 
+    async def find_adapter(self, model: str, base: str) -> None:
+        await self._engine(base).find_adapter(model)
+
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """In-process engines are loaded at start and never unloaded."""
         self._engine(model)

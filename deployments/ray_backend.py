@@ -272,6 +272,10 @@ class RayBackend:
             await self._request(request.base_model, request.keep_alive_s, "count_tokens", request, adapter=request.model)
         )
 
+    async def find_adapter(self, model: str, base: str) -> None:
+        """Asks one of the base's replicas (one holding the adapter, if any does)."""
+        await self._request(base, None, "find_adapter", model, adapter=model)
+
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """Load an on-demand model (through its gate) or, with ``keep_alive_s`` 0, let it unload.
 

@@ -155,6 +155,13 @@ class AdapterCatalog(BaseModel):
         return info
 
 
+def find_adapter(catalog: AdapterCatalog | None, name: str) -> None:
+    """404 (:class:`ModelNotFound`) unless ``catalog`` has adapter ``name``; loads nothing."""
+    if catalog is None:
+        raise ModelNotFound(name)
+    catalog.locate(name)
+
+
 def _entries(folder: Path) -> list[Path]:
     try:
         return list(folder.iterdir())

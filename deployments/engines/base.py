@@ -56,6 +56,11 @@ class Engine(Protocol):
         """Let adapter ``name`` go (a no-op when it is not held)."""
         ...
 
+    async def find_adapter(self, name: str) -> None:
+        """404 for an adapter this model does not have (listed or in its folder); loads nothing,
+        so ``/api/show`` and ``/v1/models/{id}`` can tell without taking an adapter slot."""
+        ...
+
     async def abort(self, request_id: str) -> None:
         """Stop generating for ``request_id``; a no-op when it already finished."""
         ...

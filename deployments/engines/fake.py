@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from deployments.engines.adapters import AdapterCache, AdapterCatalog
+from deployments.engines.adapters import AdapterCache, AdapterCatalog, find_adapter
 from deployments.engines.context_fit import fit_messages, fitted_max_tokens, output_reserve
 from serve_app.core.errors import ContextLengthExceeded, EngineError, InvalidRequest
 from serve_app.core.internal_types import (
@@ -176,6 +176,9 @@ class FakeEngine:
 
     async def unload_adapter(self, name: str) -> None:
         await self.adapters.evict(name)
+
+    async def find_adapter(self, name: str) -> None:
+        find_adapter(self.catalog, name)
 
     async def _load_adapter(self, name: str) -> str:
         if self.catalog is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from deployments.engines.adapters import AdapterCache, AdapterCatalog, AdapterLoadFailed
+from deployments.engines.adapters import AdapterCache, AdapterCatalog, AdapterLoadFailed, find_adapter
 from serve_app.core.errors import InvalidRequest, ServingError
 from serve_app.core.internal_types import ModelCard
 
@@ -42,6 +42,9 @@ class VLLMAdapters:
 
     async def unload_adapter(self, name: str) -> None:
         await self.adapters.evict(name)
+
+    async def find_adapter(self, name: str) -> None:
+        find_adapter(self.catalog, name)
 
     async def _add_lora(self, name: str) -> Any:
         """Check adapter ``name`` and load it into vLLM; its ``LoRARequest`` for generations."""

@@ -50,6 +50,7 @@ from serve_app.core.errors import (
     ContextLengthExceeded,
     EngineError,
     InvalidRequest,
+    ModelNotFound,
     ModelUnavailable,
     ServingError,
     Unsupported,
@@ -424,6 +425,9 @@ class VLLMEmbeddingEngine(_LazyStart):
 
     async def unload_adapter(self, name: str) -> None:
         return None
+
+    async def find_adapter(self, name: str) -> None:
+        raise ModelNotFound(name)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         raise InvalidRequest(f"model '{self.card.name}' does not support generate", param="model")

@@ -47,6 +47,11 @@ class Backend(Protocol):
         tools included), without generating."""
         ...
 
+    async def find_adapter(self, model: str, base: str) -> None:
+        """404 (``ModelNotFound``) unless ``base``'s replicas have adapter ``model`` (listed or in
+        the base's adapter folder, which only they may see); loads nothing."""
+        ...
+
     async def load(self, model: str, keep_alive_s: float | None = None) -> float | None:
         """Load ``model`` if it is not (waiting as a first request would), and keep it loaded for
         ``keep_alive_s`` idle seconds (0: unload now, if it is loaded; negative: for as long as

@@ -61,6 +61,14 @@ class Gateway:
         card = self.cards.get(name)
         return card if card is not None else self._unlisted_adapter_card(name)
 
+    async def existing_card(self, requested_model: str | None) -> ModelCard:
+        """:meth:`card`, and for an adapter from an adapter folder, the base's replicas' word
+        that it is there (404 otherwise): what the model-detail routes answer."""
+        card = self.card(requested_model)
+        if card.base_model is not None and card.name not in self.cards:
+            await self.backend.find_adapter(card.name, card.base_model)
+        return card
+
     def _unlisted_adapter_card(self, name: str) -> ModelCard:
         """The card of ``<base>:<adapter>`` from an adapter folder: the base's, renamed."""
         base = self.resolver.unlisted_adapter_base(name)

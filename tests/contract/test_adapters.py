@@ -135,6 +135,23 @@ def test_an_adapter_in_the_folder_is_served_by_name_without_being_listed(served:
     assert gone.value.status_code == 404 and f"{BASE}:nosuch" in gone.value.error
 
 
+def test_the_model_detail_routes_know_which_folder_adapters_exist(served: tuple[str, FakeEngine]) -> None:
+    """``/api/show`` and ``/v1/models/{id}`` of ``<base>:<name>`` ask the base's engine, which
+    looks in its folder without loading anything."""
+    url, engine = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    local = ollama.Client(host=url)
+    assert client.models.retrieve(f"{BASE}:sailor").model_extra["parent"] == BASE  # type: ignore[index]
+    assert local.show(f"{BASE}:Sailor").details.parent_model == BASE
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.models.retrieve(f"{BASE}:nosuch")
+    assert refused.value.code == "model_not_found" and f"{BASE}:nosuch" in refused.value.message
+    with pytest.raises(ollama.ResponseError) as gone:
+        local.show(f"{BASE}:nosuch")
+    assert gone.value.status_code == 404 and f"{BASE}:nosuch" in gone.value.error
+    assert engine.adapters.loads == 0 and not engine.adapters.held()  # looking is not loading
+
+
 def test_an_adapter_the_base_cannot_take_is_a_400_naming_it_and_the_base_serves_on(
     served: tuple[str, FakeEngine],
 ) -> None:

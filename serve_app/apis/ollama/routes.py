@@ -188,7 +188,7 @@ def build_ollama_router(gateway: Gateway, *, ollama_version: str) -> APIRouter:
     @router.post("/show")
     async def show(body: wire.ShowRequest) -> dict[str, Any]:
         """A model's details and capabilities."""
-        return adapter.show_body(gateway.card(body.model or body.name))
+        return adapter.show_body(await gateway.existing_card(body.model or body.name))
 
     @router.get("/version")
     async def version() -> dict[str, str]:

@@ -119,7 +119,7 @@ def build_openai_router(gateway: Gateway) -> APIRouter:
     @router.get("/models/{model:path}", response_model=wire.ModelObject)
     async def retrieve_model(model: str) -> dict[str, Any]:
         """One model by any accepted name."""
-        card = gateway.card(model)
+        card = await gateway.existing_card(model)
         for status in await gateway.model_statuses():
             if status.card.name == card.name:
                 return adapter.model_object(status)
