@@ -15,7 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
 from ray import serve
+from ray.serve._private.common import DeploymentID
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 from tests.integration.harness import deployed, model_deployment
 
@@ -72,6 +75,23 @@ def _stats(args: dict[str, Any], model: str) -> list[dict[str, Any]]:
     return list(stats.values())
 
 
+async def _until_the_routers_know(args: dict[str, Any], model: str, held: set[str]) -> None:
+    """Wait until Serve's controller has the replicas' reports of holding ``held`` (they report
+    every 0.1 s), then for its broadcast to the ingress's router (its next control loop, ~0.1 s)."""
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    deployment = DeploymentID(name=model_deployment(args, model), app_name="llm")
+    deadline = time.monotonic() + 30
+    while True:
+        # A test-only view of Serve's controller (ray.serve._private.test_utils reads it too).
+        replicas = await controller._dump_replica_states_for_testing.remote(deployment)
+        known = {i for replica in replicas.get() for i in replica.multiplexed_model_ids}
+        if held <= known:
+            break
+        assert time.monotonic() < deadline, f"the controller knows {sorted(known)}, not {sorted(held)}"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+
+
 async def _chat(client: httpx.AsyncClient, model: str, text: str = "Say hi.") -> httpx.Response:
     return await client.post("/v1/chat/completions", json={
         "model": model, "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
@@ -90,6 +110,19 @@ def test_twenty_first_requests_load_the_adapter_once_and_each_answers_as_it(stac
     assert all(r.json()["model"] == f"{ONE}:b" for r in replies)
     (stats,) = _stats(args, ONE)
     assert stats["adapter_loads"] == 1 and stats["adapters_held"] == [f"{ONE}:b"]
+
+
+def test_the_base_replicas_say_which_folder_adapters_exist_without_loading_them(stack: tuple[str, dict[str, Any]]) -> None:
+    url, args = stack
+    (before,) = _stats(args, ONE)
+    shown = httpx.post(f"{url}/api/show", json={"model": f"{ONE}:d"}, timeout=60)
+    retrieved = httpx.get(f"{url}/v1/models/{ONE}:a", timeout=60)
+    missing = httpx.post(f"{url}/api/show", json={"model": f"{ONE}:nosuch"}, timeout=60)
+    assert shown.status_code == 200 and shown.json()["details"]["parent_model"] == ONE
+    assert retrieved.status_code == 200 and retrieved.json()["parent"] == ONE
+    assert missing.status_code == 404 and f"{ONE}:nosuch" in missing.json()["error"]
+    (after,) = _stats(args, ONE)
+    assert after["adapter_loads"] == before["adapter_loads"]
 
 
 def test_adapters_beyond_the_limit_are_evicted_least_recently_used(stack: tuple[str, dict[str, Any]]) -> None:
@@ -138,9 +171,7 @@ def test_an_adapters_requests_go_to_the_replica_holding_it(stack: tuple[str, dic
             for adapter in ("a", "b"):
                 first = await _chat(client, f"{TWO}:{adapter}", "first")
                 assert first.status_code == 200
-            # The holder reports its adapters every 0.1 s; give the report time to reach the
-            # ingress's router before the requests that should follow it.
-            await asyncio.sleep(2)
+            await _until_the_routers_know(args, TWO, {f"{TWO}:a", f"{TWO}:b"})
             for i in range(12):
                 # Prompts share no prefix, so prefix affinity cannot explain where they land.
                 reply = await _chat(client, f"{TWO}:{'ab'[i % 2]}", f"{i} " * (i + 1))
@@ -158,7 +189,7 @@ def test_the_cache_aware_router_ranks_among_the_replicas_holding_the_adapter(sta
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             first = await _chat(client, f"{THREE}:c", "first")
-            await asyncio.sleep(2)  # the holder's report reaches the router
+            await _until_the_routers_know(args, THREE, {f"{THREE}:c"})
             return [first, *await asyncio.gather(*(_chat(client, f"{THREE}:c", f"{i} " * (i + 1)) for i in range(8)))]
 
     replies = asyncio.run(main())
